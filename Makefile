@@ -1,0 +1,56 @@
+# Two commands do all setup on a fresh machine:
+#   make book   build the rendered book (executes every notebook) -> _build/html/index.html
+#   make test   run every test (unit tests, every notebook under nbval, the built book in a browser)
+# Both create or refresh the virtual environment in .venv first.
+# RESNET_MODE=quick (default) or full picks the scale; RESNET_DATA points at the data folder.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RESNET_MODE ?= quick
+export RESNET_MODE
+
+.PHONY: venv book test unit notebooks browser exercises grade clean help
+
+help:
+	@sed -n '1,6p' Makefile
+
+venv: $(VENV)/.installed
+
+# Reinstall whenever the pins or the package metadata change.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	# d2l's own pins (numpy 1.23, matplotlib 3.7...) break modern Pythons: install it without them.
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps d2l==1.0.3
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $@
+
+book: venv
+	$(PY) scripts/build_book.py --mode $(RESNET_MODE)
+
+# Headless Chromium for the rendered-book test (Debian's package), installed when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Installing Debian's chromium for the rendered-book test..."; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: venv browser
+	$(MAKE) book RESNET_MODE=quick
+	# Two workers, one notebook each; one thread per worker so they do not fight over 2 cores.
+	RESNET_MODE=quick OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout 900 tests book
+
+# Instructors: student copies of every chapter (solutions replaced by stubs) in exercises/.
+exercises: venv
+	$(PY) scripts/make_exercises.py --out exercises
+
+# Instructors: grade a folder of submissions (see README), report in grades/.
+SUBMISSIONS ?=
+grade: venv
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<folder of submitted notebooks>"; exit 2; }
+	RESNET_MODE=quick $(PY) scripts/grade.py --submissions "$(SUBMISSIONS)" --out grades
+
+clean:
+	rm -rf _build

@@ -1,0 +1,503 @@
+"""Residual networks, in one readable file.
+
+The layout follows torchvision's ``models/resnet.py`` on purpose: the same class
+names (``BasicBlock``, ``Bottleneck``, ``ResNet``), the same ``_make_layer`` and,
+above all, the same parameter names, so a torchvision ``state_dict`` loads into
+these models and back with ``strict=True``.
+
+On top of torchvision's ImageNet nets this file adds what the course needs:
+
+* a CIFAR stem (3x3 conv, stride 1, no max-pool) and any number of input channels;
+* the paper's CIFAR family ``resnet_cifar(depth)`` with 16/32/64 channels and
+  shortcut option A (parameter-free zero padding) or B (1x1 projections);
+* plain counterparts (same layers, no shortcut) for the degradation experiment;
+* pre-activation blocks (ResNet v2, He et al. 2016).
+
+References: He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition"
+(CVPR 2016, arXiv:1512.03385), cited below as [v1]; He, Zhang, Ren, Sun,
+"Identity Mappings in Deep Residual Networks" (ECCV 2016, arXiv:1603.05027),
+cited as [v2].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBasicBlock",
+    "PreActBottleneck",
+    "PadShortcut",
+    "ResNet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnet_cifar",
+    "plain_cifar",
+    "count_parameters",
+    "SHORTCUT_OPTIONS",
+    "STEMS",
+]
+
+SHORTCUT_OPTIONS = ("A", "B", "C")
+STEMS = ("imagenet", "cifar")
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1; no bias, because a BatchNorm follows."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution: changes the channel count (and, with stride 2, the size)."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class PadShortcut(nn.Module):
+    """Shortcut option A of [v1], Sec. 4.2: identity with zero padding.
+
+    When a stage halves the feature map and widens the channels, the shortcut
+    subsamples the input (every ``stride``-th pixel) and appends zero channels.
+    It has no parameters, so ResNet-20 and plain-20 have exactly the same
+    number of weights. A named module (not a lambda) keeps models picklable.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(
+                f"PadShortcut can only add channels: got in_channels={in_channels}, "
+                f"out_channels={out_channels}; expected out_channels >= in_channels"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        extra = self.out_channels - self.in_channels
+        # F.pad pads the last dimensions first: (W left, W right, H top, H bottom, C front, C back).
+        return F.pad(x, (0, 0, 0, 0, 0, extra))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions and a shortcut: out = ReLU(F(x) + x) ([v1], Fig. 2).
+
+    With ``residual=False`` the block is the "plain" baseline of [v1] Sec. 4.1:
+    the same layers with the addition removed.
+    """
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        norm_layer: NormLayer | None = None,
+        residual: bool = True,
+    ):
+        super().__init__()
+        norm_layer = norm_layer or nn.BatchNorm2d
+        # The first conv carries the stride (it halves the map at a stage's start).
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self.downsample = downsample
+        self.stride = stride
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            out = out + identity  # H(x) = F(x) + x
+        # ReLU comes after the addition ([v1], Fig. 2).
+        return self.relu(out)
+
+    def zero_init_last(self) -> None:
+        """Start as an identity: F(x) = 0 because the last BN scales by zero."""
+        nn.init.zeros_(self.bn2.weight)
+
+
+class Bottleneck(nn.Module):
+    """1x1 (reduce) - 3x3 - 1x1 (expand by 4) with a shortcut ([v1], Fig. 5 right).
+
+    Like torchvision (often called "ResNet v1.5"), the stride sits on the 3x3
+    convolution; the paper put it on the first 1x1, which skips 3/4 of the
+    input pixels. The 3x3 placement is slightly more accurate.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        norm_layer: NormLayer | None = None,
+        residual: bool = True,
+    ):
+        super().__init__()
+        norm_layer = norm_layer or nn.BatchNorm2d
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = norm_layer(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            out = out + identity
+        return self.relu(out)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
+
+
+class PreActBasicBlock(nn.Module):
+    """Pre-activation basic block ([v2], Fig. 4e): BN-ReLU-conv, twice.
+
+    Nothing touches the identity path: the output is exactly F(x) + x, with no
+    ReLU after the addition, so a signal (and its gradient) can travel from any
+    block to any other unchanged ([v2], Eq. 4-5).
+    """
+
+    expansion = 1
+    preactivation = True
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        norm_layer: NormLayer | None = None,
+        residual: bool = True,
+    ):
+        super().__init__()
+        norm_layer = norm_layer or nn.BatchNorm2d
+        self.bn1 = norm_layer(inplanes)
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn2 = norm_layer(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Not in place: x itself is the identity path and must stay untouched.
+        preact = F.relu(self.bn1(x))
+        out = self.conv1(preact)
+        out = self.conv2(self.relu(self.bn2(out)))
+        if not self.residual:
+            return out
+        return out + _preact_shortcut(self.downsample, x, preact)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv2.weight)
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck ([v2], used for ResNet-164 and ResNet-1001)."""
+
+    expansion = 4
+    preactivation = True
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        norm_layer: NormLayer | None = None,
+        residual: bool = True,
+    ):
+        super().__init__()
+        norm_layer = norm_layer or nn.BatchNorm2d
+        self.bn1 = norm_layer(inplanes)
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn2 = norm_layer(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn3 = norm_layer(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        preact = F.relu(self.bn1(x))
+        out = self.conv1(preact)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.relu(self.bn3(out)))
+        if not self.residual:
+            return out
+        return out + _preact_shortcut(self.downsample, x, preact)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv3.weight)
+
+
+def _preact_shortcut(downsample: nn.Module | None, x: torch.Tensor, preact: torch.Tensor) -> torch.Tensor:
+    """The shortcut of a pre-activation block.
+
+    Identity and option A act on the raw input, keeping the path clean. A
+    projection acts on the pre-activated input, sharing the block's first
+    BN-ReLU as in the authors' code for [v2].
+    """
+    if downsample is None:
+        return x
+    if isinstance(downsample, PadShortcut):
+        return downsample(x)
+    return downsample(preact)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class ResNet(nn.Module):
+    """A residual network: stem, stages of blocks, global average pooling, a linear head.
+
+    Args:
+        block: ``BasicBlock``, ``Bottleneck`` or a pre-activation block.
+        layers: blocks per stage, e.g. ``[2, 2, 2, 2]`` for ResNet-18.
+        num_classes: outputs of the head. The model returns logits (no softmax):
+            ``nn.CrossEntropyLoss`` applies log-softmax itself.
+        in_channels: 3 for colour images, 1 for MNIST.
+        stem: ``"imagenet"`` (7x7 conv stride 2 + 3x3 max-pool, for 224x224) or
+            ``"cifar"`` (3x3 conv stride 1, no pooling, for 32x32 inputs).
+        widths: channels of each stage before expansion; one entry per stage.
+            The stem outputs ``widths[0]`` channels.
+        shortcut: ``"A"`` zero-padding identity, ``"B"`` projection only where the
+            shape changes (torchvision's choice), ``"C"`` projection everywhere
+            ([v1], Sec. 3.3 and Table 3).
+        residual: ``False`` builds the plain counterpart (no shortcuts at all).
+        zero_init_residual: zero the last BN scale (or conv, for pre-activation
+            blocks) of every block so each block starts as the identity
+            (Goyal et al. 2017); torchvision's flag of the same name.
+        norm_layer: normalisation layer factory, ``nn.BatchNorm2d`` by default.
+    """
+
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        *,
+        in_channels: int = 3,
+        stem: str = "imagenet",
+        widths: Sequence[int] = (64, 128, 256, 512),
+        shortcut: str = "B",
+        residual: bool = True,
+        zero_init_residual: bool = False,
+        norm_layer: NormLayer | None = None,
+    ):
+        super().__init__()
+        layers, widths = list(layers), list(widths)
+        if len(layers) == 0 or len(layers) != len(widths):
+            raise ValueError(
+                f"layers={layers} must have one entry per stage, i.e. {len(widths)} entries "
+                f"to match widths={widths}"
+            )
+        for i, n in enumerate(layers):
+            _check_positive_int(f"layers[{i}]", n)
+        for i, w in enumerate(widths):
+            _check_positive_int(f"widths[{i}]", w)
+        _check_positive_int("num_classes", num_classes)
+        _check_positive_int("in_channels", in_channels)
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
+        if shortcut not in SHORTCUT_OPTIONS:
+            raise ValueError(f"unknown shortcut option {shortcut!r}; expected one of {SHORTCUT_OPTIONS}")
+
+        self._norm_layer = norm_layer or nn.BatchNorm2d
+        self.shortcut = shortcut
+        self.residual = residual
+        preact = getattr(block, "preactivation", False)
+        self.inplanes = widths[0]
+
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        else:
+            # 32x32 inputs are too small to shrink 4x right away ([v1], Sec. 4.2).
+            self.conv1 = conv3x3(in_channels, self.inplanes)
+            self.maxpool = nn.Identity()
+        # A pre-activation net starts every block with BN-ReLU, so its stem is a bare conv,
+        # and it needs one BN-ReLU after the last block instead ([v2], Fig. 4e).
+        self.bn1 = nn.Identity() if preact else self._norm_layer(self.inplanes)
+        self.relu = nn.Identity() if preact else nn.ReLU(inplace=True)
+
+        for i, (planes, blocks) in enumerate(zip(widths, layers)):
+            stride = 1 if i == 0 else 2  # every stage after the first halves the map
+            setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, stride))
+        self.num_stages = len(layers)
+        out_channels = widths[-1] * block.expansion
+        self.final_act = (
+            nn.Sequential(self._norm_layer(out_channels), nn.ReLU(inplace=True)) if preact else nn.Identity()
+        )
+        # Adaptive pooling: any input size works (no hard-coded 4 or 7).
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(out_channels, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # He initialisation for ReLU nets (He et al. 2015, "Delving deep into rectifiers").
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:
+            for m in self.modules():
+                if hasattr(m, "zero_init_last"):
+                    m.zero_init_last()
+
+    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        out_channels = planes * block.expansion
+        preact = getattr(block, "preactivation", False)
+        downsample = None
+        shape_changes = stride != 1 or self.inplanes != out_channels
+        if self.residual and (shape_changes or self.shortcut == "C"):
+            if self.shortcut == "A":
+                downsample = PadShortcut(self.inplanes, out_channels, stride) if shape_changes else None
+            elif preact:
+                # The next block normalises its input, so no BN on this projection ([v2]).
+                downsample = nn.Sequential(conv1x1(self.inplanes, out_channels, stride))
+            else:
+                downsample = nn.Sequential(
+                    conv1x1(self.inplanes, out_channels, stride), self._norm_layer(out_channels)
+                )
+
+        layers = [block(self.inplanes, planes, stride, downsample, self._norm_layer, self.residual)]
+        self.inplanes = out_channels
+        for _ in range(1, blocks):
+            downsample = None
+            if self.residual and self.shortcut == "C":
+                downsample = nn.Sequential(conv1x1(self.inplanes, out_channels))
+                if not preact:
+                    downsample.append(self._norm_layer(out_channels))
+            layers.append(block(self.inplanes, planes, 1, downsample, self._norm_layer, self.residual))
+        return nn.Sequential(*layers)
+
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The network as named pieces in forward order (for shape tables and hooks)."""
+        names = ["conv1", "bn1", "relu", "maxpool"] + [f"layer{i + 1}" for i in range(self.num_stages)]
+        names += ["final_act", "avgpool"]
+        return [(name, getattr(self, name)) for name in names]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything up to (and including) the global average pooling, flattened."""
+        for _, module in self.stages():
+            x = module(x)
+        return torch.flatten(x, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(x))
+
+
+def _resnet(block: type[nn.Module], layers: list[int], num_classes: int, **kwargs) -> ResNet:
+    return ResNet(block, layers, num_classes, **kwargs)
+
+
+def resnet18(num_classes: int = 1000, **kwargs) -> ResNet:
+    """ResNet-18: basic blocks, [2, 2, 2, 2] ([v1], Table 1)."""
+    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, **kwargs)
+
+
+def resnet34(num_classes: int = 1000, **kwargs) -> ResNet:
+    """ResNet-34: basic blocks, [3, 4, 6, 3]."""
+    return _resnet(BasicBlock, [3, 4, 6, 3], num_classes, **kwargs)
+
+
+def resnet50(num_classes: int = 1000, **kwargs) -> ResNet:
+    """ResNet-50: bottleneck blocks, [3, 4, 6, 3]."""
+    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, **kwargs)
+
+
+def resnet101(num_classes: int = 1000, **kwargs) -> ResNet:
+    """ResNet-101: bottleneck blocks, [3, 4, 23, 3]."""
+    return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, **kwargs)
+
+
+def resnet152(num_classes: int = 1000, **kwargs) -> ResNet:
+    """ResNet-152: bottleneck blocks, [3, 8, 36, 3]."""
+    return _resnet(Bottleneck, [3, 8, 36, 3], num_classes, **kwargs)
+
+
+def resnet_cifar(
+    depth: int,
+    num_classes: int = 10,
+    *,
+    shortcut: str = "A",
+    residual: bool = True,
+    preact: bool = False,
+    **kwargs,
+) -> ResNet:
+    """The CIFAR-10 nets of [v1], Sec. 4.2: depth = 6n + 2.
+
+    A 3x3 conv with 16 channels, then three stages of n basic blocks with
+    16, 32 and 64 channels on 32x32, 16x16 and 8x8 maps, global average pooling
+    and a 10-way linear layer. 6n + 2 counts the 2n convolutions per stage, the
+    first conv and the final linear layer.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
+        raise ValueError(
+            f"depth={depth!r} is not of the form 6n + 2 with n >= 1; expected 8, 14, 20, 32, 44, 56, 110, ..."
+        )
+    n = (depth - 2) // 6
+    block = PreActBasicBlock if preact else BasicBlock
+    return ResNet(
+        block,
+        [n, n, n],
+        num_classes,
+        stem="cifar",
+        widths=(16, 32, 64),
+        shortcut=shortcut,
+        residual=residual,
+        **kwargs,
+    )
+
+
+def plain_cifar(depth: int, num_classes: int = 10, **kwargs) -> ResNet:
+    """The plain CIFAR net of [v1], Sec. 4.2: ``resnet_cifar`` without shortcuts."""
+    return resnet_cifar(depth, num_classes, residual=False, **kwargs)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
