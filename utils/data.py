@@ -160,8 +160,9 @@ def _read_archive(path: Path) -> dict[str, ImageSet]:
                     data = tar.extractfile(member).read()
                     items.append((member.name, lambda data=data: data))
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        detail = " ".join(str(err).split())  # tarfile's messages span several lines
         raise ValueError(
-            f"{path} is not a readable .tgz archive ({type(err).__name__}: {err}); it may be truncated or "
+            f"{path} is not a readable .tgz archive ({type(err).__name__}: {detail}); it may be truncated or "
             f"corrupt: delete it and copy it again"
         ) from err
     return _read_image_files(items, str(path))
