@@ -357,7 +357,9 @@ class BatchLoader:
 
     Shuffling is seeded by ``seed`` and the epoch number, so two runs see the same
     batches; ``set_epoch`` chooses the epoch (``fit`` calls it), as with
-    ``DistributedSampler``. With ``world_size > 1`` each rank gets a disjoint shard.
+    ``DistributedSampler``. With ``world_size > 1`` (by default read from torchrun's
+    ``RANK``/``WORLD_SIZE``) each rank gets a disjoint shard; up to ``world_size - 1``
+    samples are left out so that every rank runs the same number of batches.
     """
 
     def __init__(
@@ -373,9 +375,13 @@ class BatchLoader:
         drop_last: bool = False,
         device: str | torch.device = "cpu",
         seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
     ):
+        # Under torchrun each process reads its shard from the environment, so code that
+        # builds loaders runs unchanged on one process or many.
+        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         channels = data.images.shape[-1]
@@ -391,7 +397,8 @@ class BatchLoader:
         self.drop_last, self.seed, self.rank, self.world_size = drop_last, seed, rank, world_size
         shape = (1, channels, 1, 1)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(shape) * 255
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(shape) * 255
+        # A constant channel has std 0: dividing by at least one grey level keeps it finite.
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(shape).mul(255).clamp_min(1.0)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -449,8 +456,8 @@ def make_loaders(
     device: str | torch.device = "cpu",
     seed: int = 0,
     eval_batch_size: int = 512,
-    rank: int = 0,
-    world_size: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> tuple[BatchLoader, dict[str, BatchLoader]]:
     """A shuffled, augmented training loader and plain evaluation loaders.
 

@@ -25,6 +25,7 @@ from torch import nn
 __all__ = [
     "set_seed",
     "default_device",
+    "init_distributed",
     "evaluate",
     "predict",
     "fit",
@@ -52,8 +53,26 @@ def set_seed(seed: int = 0) -> None:
 
 
 def default_device() -> torch.device:
-    """The first CUDA GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's CUDA GPU when there is one (``LOCAL_RANK`` under torchrun), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment; return (rank, world size).
+
+    Outside torchrun (no ``WORLD_SIZE`` in the environment) this does nothing and returns
+    (0, 1). NCCL on GPUs, gloo on CPUs. ``fit`` calls it, so a script that trains with
+    ``fit`` runs unchanged under ``torchrun --nproc_per_node=N``.
+    """
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(default_device())
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -273,6 +292,7 @@ def fit(
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+    init_distributed()
     device = torch.device(device) if device is not None else default_device()
     amp = device.type == "cuda" if amp is None else amp
     eval_loaders = dict(eval_loaders or {})
