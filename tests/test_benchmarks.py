@@ -1,0 +1,44 @@
+"""The benchmark scripts run end to end and record what produced their figures (smoke runs, no timing asserts)."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_script(name, args, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    return runpy.run_path(str(ROOT / "benchmarks" / name), run_name="not_main")["main"](args)
+
+
+def test_throughput_compares_both_pipelines_and_writes_json(tmp_path, monkeypatch):
+    out = tmp_path / "tp.json"
+    report = _run_script("throughput.py", ["--model", "resnet8", "--images", "64", "--batch-size", "32",
+                                           "--workers", "0", "--out", str(out)], monkeypatch)  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["command"].startswith("python benchmarks/throughput.py --model resnet8")
+    for way in ("classic", "fast"):
+        assert saved[way]["images_per_s"] > 0
+    assert saved["speedup"] == pytest.approx(saved["classic"]["seconds"] / saved["fast"]["seconds"])
+    assert saved["train_flops_per_image"] > 0 and saved["torch"] and saved["device"]
+
+
+def test_throughput_rejects_unknown_models(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'vgg16'"):
+        _run_script("throughput.py", ["--model", "vgg16", "--images", "64", "--out", str(tmp_path / "x.json")], monkeypatch)
+
+
+def test_time_to_accuracy_smoke_run_records_history(tmp_path, monkeypatch):
+    out = tmp_path / "tta.json"
+    report = _run_script("time_to_accuracy.py", ["--train-images", "100", "--test-images", "50", "--epochs", "1",
+                                                 "--batch-size", "50", "--target", "0.01", "--allow-fallback",
+                                                 "--out", str(out)], monkeypatch)  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["reached"] and saved["epoch_reached"] == 1 and saved["seconds_to_target"] > 0
+    assert len(saved["history"]["test_acc"]) == 1 and saved["recipe"]["batch_size"] == 50
+    assert report["test_images"] == 50
