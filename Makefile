@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 RESNET_MODE ?= quick
 export RESNET_MODE
 
-.PHONY: venv book test unit notebooks browser exercises grade clean help
+.PHONY: venv book test browser exercises grade benchmark time-to-accuracy clean help
 
 help:
 	@sed -n '1,6p' Makefile
@@ -51,6 +51,14 @@ SUBMISSIONS ?=
 grade: venv
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<folder of submitted notebooks>"; exit 2; }
 	RESNET_MODE=quick $(PY) scripts/grade.py --submissions "$(SUBMISSIONS)" --out grades
+
+# Speed: training throughput of the classic DataLoader loop vs the fast path, side by side
+# (results/throughput-*.json), and seconds to 94 % CIFAR-10 test accuracy (a GPU run).
+benchmark: venv
+	$(PY) benchmarks/throughput.py $(ARGS)
+
+time-to-accuracy: venv
+	$(PY) benchmarks/time_to_accuracy.py $(ARGS)
 
 clean:
 	rm -rf _build
