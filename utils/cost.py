@@ -34,7 +34,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_macs", "macs_by_module", "Latency", "forward_latency"]
+__all__ = ["run_flop_counter", "count_macs", "macs_by_module", "Latency", "forward_latency"]
 
 
 def _check_size(name: str, size: Sequence[int]) -> tuple[int, ...]:
@@ -49,8 +49,12 @@ def _reference_tensor(model: nn.Module) -> torch.Tensor | None:
     return next(chain(model.parameters(), model.buffers()), None)
 
 
-def _counted_forward(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode:
-    """One forward pass of an ``input_size`` batch under a FLOP counter, preferably on the meta device."""
+def run_flop_counter(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode:
+    """Run one forward pass of an ``input_size`` batch under a ``FlopCounterMode`` and return the counter.
+
+    The pass runs on the meta device when it can (no data, no memory, the model untouched),
+    else as one ordinary pass in eval mode where the model lives.
+    """
     input_size = _check_size("input_size", input_size)
     reference = _reference_tensor(model)
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
@@ -90,7 +94,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     True
     """
     # Every counted op does one multiply and one add per MAC, so the FLOP total is even.
-    return _counted_forward(model, input_size).get_total_flops() // 2
+    return run_flop_counter(model, input_size).get_total_flops() // 2
 
 
 def macs_by_module(model: nn.Module, input_size: Sequence[int]) -> dict[str, int]:
@@ -101,7 +105,7 @@ def macs_by_module(model: nn.Module, input_size: Sequence[int]) -> dict[str, int
     ``result["layer1.0.conv1"]`` one convolution. Modules without convolutions
     or matrix products (BatchNorm, ReLU, pooling) are left out.
     """
-    counts = _counted_forward(model, input_size).get_flop_counts()
+    counts = run_flop_counter(model, input_size).get_flop_counts()
     # The counter names modules "<RootClass>.layer1.0.conv1" and adds a "Global" total: drop both.
     return {
         name.partition(".")[2]: sum(per_op.values()) // 2 for name, per_op in counts.items() if name != "Global"
@@ -109,10 +113,15 @@ def macs_by_module(model: nn.Module, input_size: Sequence[int]) -> dict[str, int
 
 
 class Latency(NamedTuple):
-    """Seconds per forward pass of one batch: mean and standard deviation over ``repeats`` passes."""
+    """Seconds per forward pass of one batch over ``repeats`` passes: mean, standard deviation, fastest.
+
+    On a busy machine other processes can only slow a pass down, so ``min`` is the most
+    stable of the three (the advice of Python's ``timeit``); mean ± std is what papers report.
+    """
 
     mean: float
     std: float
+    min: float
     repeats: int
 
     def __str__(self) -> str:
@@ -175,4 +184,5 @@ def forward_latency(
                     times.append(time.perf_counter() - start)
     finally:
         model.train(was_training)
-    return Latency(statistics.fmean(times), statistics.stdev(times) if repeats > 1 else 0.0, repeats)
+    std = statistics.stdev(times) if repeats > 1 else 0.0
+    return Latency(statistics.fmean(times), std, min(times), repeats)
