@@ -110,11 +110,17 @@ def show_predictions(images, labels, preds, classes: Sequence[str], num_cols: in
     imgs = _displayable(images)
     titles = [f"{classes[t]}\n→ {classes[p]}" for t, p in zip(np.asarray(labels), np.asarray(preds))]
     num_rows = -(-len(imgs) // num_cols)
+    grayscale = imgs.ndim == 3
     axes = d2l.show_images(list(imgs), num_rows, num_cols, titles=titles, scale=scale)
+    if grayscale:  # d2l draws 2-D arrays with matplotlib's default colour map
+        for ax in np.ravel(axes)[: len(imgs)]:
+            for image in ax.get_images():
+                image.set_cmap("gray")
     for ax in np.ravel(axes)[len(imgs) :]:
         ax.set_visible(False)
     for ax in np.ravel(axes)[: len(imgs)]:
         ax.title.set_fontsize(8)
+    plt.gcf().tight_layout()  # two-line titles would overlap the row above
     return axes
 
 

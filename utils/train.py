@@ -50,13 +50,13 @@ SCHEDULES = ("constant", "multistep", "cosine")
 # smoothing 0.1 (Szegedy et al. 2016); chosen on a 45k/5k train/validation split.
 RESNET18_CIFAR10_RECIPE = {
     "batch_size": 512,
-    "epochs": 30,
+    "epochs": 40,
     "lr": 0.2,
     "momentum": 0.9,
     "nesterov": True,
     "weight_decay": 5e-4,
     "schedule": "cosine",
-    "warmup_epochs": 1,
+    "warmup_epochs": 2,
     "label_smoothing": 0.1,
 }
 WARMUPS = ("linear", "constant")
@@ -353,7 +353,11 @@ def fit(
         net = torch.compile(net)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
-    from tqdm.auto import tqdm
+    # Imported here: tqdm.auto warns in Jupyter without ipywidgets, so only when a bar is wanted.
+    if progress and _is_main_process():
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not (progress and _is_main_process()))
     for epoch in bar:
