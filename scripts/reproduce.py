@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Reproduce the CIFAR-10 experiment of He et al. (2016), Sec. 4.2: plain and residual nets, 20 to 110 layers.
+
+    python scripts/reproduce.py --mode full                                     # 9 nets x seeds 0,1 (a GPU)
+    python scripts/reproduce.py --mode full --nets resnet20,plain20 --seeds 0 --max-minutes 9
+    python scripts/reproduce.py --mode full --jobs 4 --max-minutes 9             # 4 runs side by side on one GPU
+    python scripts/reproduce.py --quick --nets resnet8,plain8                   # a smoke test on a CPU
+
+Every run (one net, one seed) trains with the paper's recipe (utils.analysis.PAPER_RECIPE: 45k/5k
+split, batch 128, SGD with momentum 0.9, lr 0.1 divided by 10 at 32k and 48k iterations, 64k
+iterations, weight decay 1e-4, pad-4 crop and flip, option A shortcuts, a warm-up at lr 0.01 for
+ResNet-110) and writes results/cifar10/<net>-seed<k>.json (schema: results/README.md) after
+every stretch of epochs. Its checkpoint lives under the data directory (RESNET_DATA), in
+checkpoints/cifar10/<net>-seed<k>.pt: running the same command again resumes every unfinished
+run where it stopped and skips the finished ones. --max-minutes stops cleanly between epochs, so
+that one invocation fits in a time slot.
+
+Full mode needs the real CIFAR-10 and refuses the offline digits fallback. Quick mode
+(--quick, or RESNET_MODE=quick without --mode) trains on 100 images for 2 epochs and writes
+under the data directory, never into results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from utils import analysis, config
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nets", default=",".join(analysis.PAPER_NETS),
+                        help="comma-separated nets: resnet<depth> or plain<depth> (default: the paper's nine)")
+    parser.add_argument("--seeds", default=",".join(map(str, analysis.PAPER_SEEDS)),
+                        help="comma-separated seeds (default: 0,1)")
+    parser.add_argument("--mode", choices=config.MODES, default=None,
+                        help="full: the paper's recipe on CIFAR-10; quick: a smoke test "
+                             f"(default: {config.MODE_VARIABLE})")
+    parser.add_argument("--quick", action="store_true", help="same as --mode quick")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop between epochs so that this invocation ends within about this many minutes")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder of the JSON records (default: results/cifar10 in full mode)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help="folder of the checkpoints (default: under the data directory)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="train this many runs at the same time, one process each (small nets leave a GPU idle)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU (the paper trained in fp32)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--device", default=None, help="torch device (default: the GPU if there is one)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar, one line per stretch of epochs")
+    args = parser.parse_args(argv)
+    if args.quick and args.mode == "full":
+        parser.error("--quick and --mode full contradict each other")
+    args.mode = "quick" if args.quick else (args.mode or config.mode())
+    try:
+        args.nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+        for net in args.nets:
+            analysis.parse_net(net)
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as err:
+        parser.error(str(err))
+    if not args.nets or not args.seeds:
+        parser.error("--nets and --seeds need at least one entry each")
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs} must be at least 1")
+    if args.max_minutes is not None and args.max_minutes < 0:
+        parser.error(f"--max-minutes {args.max_minutes} must not be negative")
+    return args
+
+
+def _run_in_parallel(args: argparse.Namespace, runs: list[tuple[str, int]], deadline: float | None) -> int:
+    """One child process per run, at most ``--jobs`` at a time; each gets what is left of the time limit."""
+    common = ["--mode", args.mode, "--out", str(args.out), "--checkpoint-dir", str(args.checkpoint_dir)]
+    common += ["--no-progress"]
+    common += ["--amp"] * args.amp + ["--compile"] * args.compile + (["--device", args.device] if args.device else [])
+    waiting, running, failed = list(runs), [], []
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            minutes = None if deadline is None else (deadline - time.monotonic()) / 60
+            if minutes is not None and minutes <= 0:
+                print(f"time limit reached: {len(waiting)} runs not started")
+                waiting = []
+                break
+            net, seed = waiting.pop(0)
+            command = [sys.executable, str(Path(__file__).resolve()), "--nets", net, "--seeds", str(seed), *common]
+            command += [] if minutes is None else ["--max-minutes", f"{minutes:.3f}"]
+            running.append(((net, seed), subprocess.Popen(command)))
+        time.sleep(0.2)
+        for item in [r for r in running if r[1].poll() is not None]:
+            running.remove(item)
+            if item[1].returncode != 0:
+                failed.append(f"{item[0][0]}-seed{item[0][1]} (exit status {item[1].returncode})")
+    if failed:
+        print("failed: " + ", ".join(failed))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = _parse_args(argv)
+    started = time.monotonic()
+    deadline = None if args.max_minutes is None else started + 60 * args.max_minutes
+    # The mode decides what utils.data accepts and what the records say: make it the environment's.
+    os.environ["RESNET_MODE"] = args.mode
+    import torch
+
+    from utils import analysis, data, results, train
+
+    recipe = analysis.PAPER_RECIPE if args.mode == "full" else analysis.QUICK_RECIPE
+    args.out = args.out or analysis.default_results_dir(args.mode, ROOT)
+    args.checkpoint_dir = args.checkpoint_dir or analysis.default_checkpoint_dir(args.mode)
+    runs = [(net, seed) for net in args.nets for seed in args.seeds]
+    argv_recorded = ["scripts/reproduce.py", *(sys.argv[1:] if argv is None else argv)]
+
+    if args.jobs > 1 and len(runs) > 1:
+        status = _run_in_parallel(args, runs, deadline)
+        paths = [args.out / f"{analysis.run_name(net, seed)}.json" for net, seed in runs]
+        records = [results.read_json(p) for p in paths if p.exists()]
+    else:
+        try:
+            splits = analysis.load_splits(recipe, allow_fallback=args.mode == "quick")
+        except data.DataUnavailableError as err:
+            raise SystemExit(f"reproduce.py ({args.mode} mode): {err}") from None
+        device = torch.device(args.device) if args.device else train.default_device()
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
+        records, status = [], 0
+        for net, seed in runs:
+            name = analysis.run_name(net, seed)
+            records.append(analysis.run_reproduction(
+                net, seed, recipe,
+                results_path=args.out / f"{name}.json",
+                checkpoint_path=args.checkpoint_dir / f"{name}.pt",
+                deadline=deadline, splits=splits, device=device, amp=args.amp, compile=args.compile,
+                progress=not args.no_progress, argv=argv_recorded,
+            ))  # fmt: skip
+
+    for r in records:
+        final = f"test error {r['final']['test_error']:.2f} %" if r.get("done") else r.get("stopped") or "unfinished"
+        name = analysis.run_name(r["net"], r["seed"])
+        print(f"{name}: {r['epochs_completed']}/{r['epochs_planned']} epochs, {final}")
+    missing = analysis.outstanding_runs(records, args.nets, args.seeds)
+    print(f"outstanding: {', '.join(missing)}" if missing else "all runs done")
+    print(f"records in {args.out}, checkpoints in {args.checkpoint_dir} ({time.monotonic() - started:.0f} s)")
+    if status:
+        raise SystemExit(status)
+    return records
+
+
+if __name__ == "__main__":
+    main()
