@@ -14,6 +14,7 @@ tests/test_notebook_conventions.py reuses ``expected_setup_source`` and ``setup_
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -89,6 +90,27 @@ def setup_cell_problem(nb, expected_source: str) -> str | None:
     return None
 
 
+# A markdown code block that quotes the setup cell (the preface shows it to readers).
+QUOTED_SETUP = re.compile(r"(```(?:python|ipython3?)?\n)(# Colab setup:.*?)\n(```)", re.DOTALL)
+
+
+def stale_quotes(nb, expected_source: str) -> list[int]:
+    """Indices of markdown cells that quote an outdated setup cell."""
+    return [
+        index
+        for index, cell in enumerate(nb.cells)
+        if cell.cell_type == "markdown"
+        and any(match.group(2) != expected_source for match in QUOTED_SETUP.finditer(cell.source))
+    ]
+
+
+def with_current_quotes(nb, expected_source: str):
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = QUOTED_SETUP.sub(lambda m: m.group(1) + expected_source + "\n" + m.group(3), cell.source)
+    return nb
+
+
 def with_setup_cell(nb, expected_source: str):
     """The notebook with its setup cell first and current (other cells untouched)."""
     existing = [cell for cell in nb.cells if _is_setup_cell(cell)]
@@ -126,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         problem = setup_cell_problem(nb, expected)
+        if problem is None and stale_quotes(nb, expected):
+            problem = f"markdown cell(s) {stale_quotes(nb, expected)} quote an outdated setup cell"
         if problem is None:
             continue
         stale.append((path, problem))
         if not args.check:
-            nbformat.write(with_setup_cell(nb, expected), path)
+            nbformat.write(with_current_quotes(with_setup_cell(nb, expected), expected), path)
             print(f"updated {path}: {problem}")
 
     if args.check:

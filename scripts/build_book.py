@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Build the book: execute every notebook in one mode and render the HTML, warnings as errors.
+
+    python scripts/build_book.py --mode quick          # what `make book` runs
+    python scripts/build_book.py --mode full --jobs 1  # on a GPU machine: one notebook at a time
+    python scripts/build_book.py --mode quick --force  # re-execute every notebook
+
+Why a script rather than a bare `jupyter-book build .`:
+
+- Each mode gets its own execution cache, `_build/.jupyter_cache/<mode>`. jupyter-cache keys a
+  notebook by its code alone, not by environment variables, so a shared cache would let a full
+  build reuse quick-mode outputs. The cache is also emptied when the code the notebooks import
+  (utils/, the pins) or the data they can see (RESNET_DATA, whether CIFAR-10/MNIST is there) changes,
+  since jupyter-cache would not notice either.
+- RESNET_MODE is set for the kernels.
+- With --jobs > 1 the notebooks are first executed in parallel into that cache (jupyter-cache's
+  local-parallel worker, as `jcache project execute --executor local-parallel` does; Sphinx itself
+  executes serially), then the book is built in cache mode. A notebook that failed there is executed
+  again by the build itself, so the build, never the pre-execution, decides success.
+- The build always starts from a fresh Sphinx environment (`--all`), so every page is read and every
+  warning is raised again on every build: with `-W`, an incremental build would hide the warnings
+  of pages it did not re-read.
+- It prints a table of per-notebook execution times and checks that MathJax was copied into the book.
+
+Exit status: 0 when the book built without a warning, non-zero otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_DIR = ROOT / "_build"
+HTML_DIR = BUILD_DIR / "html"
+CACHE_ROOT = BUILD_DIR / ".jupyter_cache"
+GENERATED_DIR = BUILD_DIR / ".generated"
+MODES = ("quick", "full")
+
+# Inputs of the notebooks that jupyter-cache does not see; a change to any of them empties the cache.
+CODE_INPUTS = ("utils/*.py", "pyproject.toml", "requirements.txt")
+CIFAR10_NAMES = ("cifar10-uint8.npz", "cifar-10-batches-py", "cifar10", "cifar10.tgz", "cifar10.tar.gz")
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def load_config() -> dict:
+    return yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8")) or {}
+
+
+def toc_notebooks() -> list[Path]:
+    """The executable pages of the book (.ipynb files listed in _toc.yml), in book order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    entries = [toc["root"]]
+
+    def walk(items):
+        for item in items or []:
+            if "file" in item:
+                entries.append(item["file"])
+            walk(item.get("sections"))
+            walk(item.get("chapters"))
+
+    walk(toc.get("chapters"))
+    for part in toc.get("parts") or []:
+        walk(part.get("chapters"))
+    notebooks = []
+    for entry in entries:
+        path = ROOT / entry
+        path = path if path.suffix else path.with_suffix(".ipynb")
+        if path.suffix == ".ipynb" and path.exists():
+            notebooks.append(path)
+    return notebooks
+
+
+def data_signature() -> dict:
+    """Where the notebooks will look for data, and which datasets are there (not their files)."""
+    from utils import config  # the course package, installed in the venv (`pip install -e .`)
+
+    folder = Path(os.environ.get(config.DATA_VARIABLE) or config.DEFAULT_DATA_DIR).expanduser().resolve()
+    return {
+        "RESNET_DATA": str(folder),
+        "cifar10": any((folder / name).exists() for name in CIFAR10_NAMES),
+        "mnist": (folder / "MNIST").exists(),
+    }
+
+
+def fingerprint(mode: str) -> str:
+    digest = hashlib.sha256()
+    for pattern in CODE_INPUTS:
+        for path in sorted(ROOT.glob(pattern)):
+            digest.update(path.relative_to(ROOT).as_posix().encode())
+            digest.update(path.read_bytes())
+    digest.update(json.dumps({"mode": mode, "python": sys.version, **data_signature()}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def prepare_cache(mode: str, force: bool) -> Path:
+    """The mode's cache folder, emptied first if --force or if the notebooks' inputs changed."""
+    cache_dir = CACHE_ROOT / mode
+    stamp = CACHE_ROOT / f"{mode}.fingerprint"
+    current = fingerprint(mode)
+    reason = None
+    if force:
+        reason = "--force"
+    elif cache_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != current):
+        reason = "utils/, the pins or the data folder changed since it was filled"
+    if reason and cache_dir.exists():
+        log(f"Emptying the {mode} execution cache ({reason}).")
+        shutil.rmtree(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(current + "\n")
+    return cache_dir
+
+
+def write_config(config: dict, cache_dir: Path, mode: str) -> Path:
+    """_config.yml with this mode's cache: the file the build actually uses."""
+    config = json.loads(json.dumps(config))  # deep copy
+    execute = config.setdefault("execute", {})
+    execute["execute_notebooks"] = "cache"
+    execute["cache"] = str(cache_dir)
+    GENERATED_DIR.mkdir(parents=True, exist_ok=True)
+    path = GENERATED_DIR / f"_config.{mode}.yml"
+    path.write_text(
+        f"# Generated by scripts/build_book.py from _config.yml for RESNET_MODE={mode}; do not edit.\n"
+        + yaml.safe_dump(config, sort_keys=False),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _execute_one(data):
+    """Run in a worker process: execute one notebook into the cache (jupyter-cache's own worker)."""
+    from jupyter_cache.executors.basic import ExecutionWorkerLocalMProc
+
+    start = time.perf_counter()
+    status, uri = ExecutionWorkerLocalMProc()(data)
+    return status, uri, time.perf_counter() - start
+
+
+def pre_execute(cache_dir: Path, notebooks: list[Path], jobs: int, execute: dict) -> dict[str, str]:
+    """Execute the notebooks that the cache lacks, `jobs` at a time. Returns {path: traceback} of failures."""
+    from jupyter_cache import get_cache
+    from jupyter_cache.executors.basic import ProcessData
+
+    cache = get_cache(str(cache_dir))
+    todo = []
+    for path in notebooks:
+        record = cache.add_nb_to_project(str(path))
+        if cache.get_cached_project_nb(record.pk) is None:
+            todo.append(ProcessData(record.pk, record.uri, cache, execute.get("timeout", 30), execute.get("allow_errors", False)))
+    if not todo:
+        log("Every notebook is already in the cache.")
+        return {}
+    log(f"Executing {len(todo)} notebook(s), {jobs} at a time...")
+    saved_threads = os.environ.get("OMP_NUM_THREADS")
+    if saved_threads is None:
+        # Kernels running side by side should not each start one thread per core.
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    failures = {}
+    try:
+        with multiprocessing.get_context("fork").Pool(processes=jobs, maxtasksperchild=1) as pool:
+            for status, uri, seconds in pool.imap_unordered(_execute_one, todo):
+                name = Path(uri).relative_to(ROOT)
+                if status == 0:
+                    log(f"  ok      {name} ({seconds:.1f} s)")
+                else:
+                    failures[str(name)] = cache.get_project_record(uri).traceback or "(no traceback recorded)"
+                    log(f"  FAILED  {name} ({seconds:.1f} s)")
+    finally:
+        if saved_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+    return failures
+
+
+def cached_records(cache_dir: Path) -> dict[int, object]:
+    from jupyter_cache import get_cache
+
+    return {record.pk: record for record in get_cache(str(cache_dir)).list_cache_records()}
+
+
+def timing_table(cache_dir: Path, notebooks: list[Path], before: set[int]) -> tuple[str, float]:
+    import nbformat
+    from jupyter_cache import get_cache
+
+    cache = get_cache(str(cache_dir))
+    rows = [("notebook", "seconds", "source")]
+    executed_now = 0.0
+    for path in notebooks:
+        try:
+            record = cache.match_cache_notebook(nbformat.read(path, as_version=4))
+        except KeyError:
+            rows.append((str(path.relative_to(ROOT)), "-", "FAILED (not in cache)"))
+            continue
+        seconds = record.data.get("execution_seconds")
+        fresh = record.pk not in before
+        if fresh and seconds is not None:
+            executed_now += seconds
+        source = "executed in this build" if fresh else f"cache (executed {record.created:%Y-%m-%d %H:%M})"
+        rows.append((str(path.relative_to(ROOT)), "-" if seconds is None else f"{seconds:.1f}", source))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]}" for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines), executed_now
+
+
+def jupyter_book_command() -> list[str]:
+    beside_python = Path(sys.executable).parent / "jupyter-book"
+    if beside_python.exists():
+        return [str(beside_python)]
+    found = shutil.which("jupyter-book")
+    if found:
+        return [found]
+    raise SystemExit("jupyter-book is not installed: run `make venv` (or `pip install -r requirements.txt`).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the book in one mode (see the module docstring).")
+    parser.add_argument("--mode", choices=MODES, default=os.environ.get("RESNET_MODE", "quick") or "quick")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="notebooks executed at once before the build (1: let the build execute them one by one)",
+    )
+    parser.add_argument("--force", action="store_true", help="empty this mode's cache: re-execute every notebook")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    os.chdir(ROOT)
+    os.environ["RESNET_MODE"] = args.mode  # read by utils.config in every kernel
+    config = load_config()
+    notebooks = toc_notebooks()
+    cache_dir = prepare_cache(args.mode, args.force)
+    config_path = write_config(config, cache_dir, args.mode)
+    before = set(cached_records(cache_dir))
+    log(f"Building the book in {args.mode} mode; execution cache: {cache_dir.relative_to(ROOT)}")
+    log(f"Data: {json.dumps(data_signature())}")
+
+    failures = {}
+    if args.jobs > 1:
+        failures = pre_execute(cache_dir, notebooks, args.jobs, config.get("execute", {}))
+        for name, trace in failures.items():
+            log(f"\n===== {name} failed during execution =====\n{trace}")
+
+    command = jupyter_book_command() + [
+        "build", str(ROOT), "--builder", "html", "--config", str(config_path), "--toc", str(ROOT / "_toc.yml"),
+        "--all", "-W", "-n", "--keep-going",
+    ]  # fmt: skip
+    log("$ " + " ".join(command))
+    status = subprocess.run(command, cwd=ROOT).returncode
+
+    table, executed_seconds = timing_table(cache_dir, notebooks, before)
+    elapsed = time.perf_counter() - started
+    log(f"\nExecution time per notebook ({args.mode} mode; seconds are each notebook's own run):")
+    log(table)
+    log(f"Notebooks executed in this build: {executed_seconds:.0f} s of kernel time; whole build: {elapsed:.0f} s wall time.")
+
+    problems = []
+    if status != 0:
+        problems.append(f"jupyter-book exited with status {status} (warnings count as errors): see the log above")
+    index = HTML_DIR / "index.html"
+    if not index.exists():
+        problems.append(f"{index.relative_to(ROOT)} was not written")
+    mathjax = HTML_DIR / "_static" / "mathjax" / "tex-chtml.js"
+    if status == 0 and not mathjax.exists():
+        problems.append(f"MathJax was not copied into the book ({mathjax.relative_to(ROOT)} is missing): math would not render offline")
+    if problems:
+        log("\nBUILD FAILED:\n- " + "\n- ".join(problems))
+        return 1
+    log(f"\nThe book is at {index.relative_to(ROOT)} (file://{index})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

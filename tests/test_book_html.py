@@ -1,0 +1,496 @@
+"""The rendered book, opened in a real browser with the network cut off.
+
+`make book` writes _build/html; this test serves it from localhost and opens its pages in headless
+Chromium (Debian's `chromium`; `make browser` installs it) while every other host is blocked twice
+over: by Chromium's host resolver (every name but localhost resolves to nothing) and by intercepting
+each request and failing any that is not for the local server. On every page of the table of contents:
+
+- every image loads (naturalWidth > 0) and no request to the local server fails;
+- the page asks for nothing outside the book (no CDN: the book must work offline);
+- math is typeset by the book's own copy of MathJax: every math element holds MathJax output,
+  none is a TeX error, and no raw `$$`, `\\(`, `\\[` or `$...$` is left in the text.
+
+The browser is driven over the Chrome DevTools Protocol through a pipe (`--remote-debugging-pipe`),
+so no driver package is needed. If the book has not been built, the tests fail and say to run
+`make book`; if Chromium is missing, they say to run `make browser`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import http.server
+import json
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML_DIR = ROOT / "_build" / "html"
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+PAGE_TIMEOUT_S = 90  # generous: the machine may be busy executing notebooks beside this test
+
+# Pages that must show math and a figure (the others are checked for whatever they contain).
+REQUIRES = {
+    "index.html": {"math"},
+    "book/00_preface.html": {"math", "figure"},
+    "book/02_residual_block.html": {"math", "figure"},
+}
+
+
+def toc_pages() -> list[str]:
+    """index.html, then the HTML page of every entry of _toc.yml (the root is index.html's target)."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    pages = ["index.html"]
+
+    def walk(items):
+        for item in items or []:
+            if "file" in item:
+                pages.append(str(Path(item["file"]).with_suffix(".html")))
+            walk(item.get("sections"))
+
+    walk(toc.get("chapters"))
+    for part in toc.get("parts") or []:
+        walk(part.get("chapters"))
+    return pages
+
+
+PAGES = toc_pages()
+
+
+def require_built_book() -> None:
+    if not (HTML_DIR / "index.html").exists():
+        pytest.fail(f"The book has not been built: {HTML_DIR / 'index.html'} is missing. Run `make book` first.")
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (fd 3: commands in, fd 4: replies out)."""
+
+    FLAGS = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--mute-audio",
+        # Every host name but the local server's resolves to nothing.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+        "--window-size=1280,900",
+        "--remote-debugging-pipe",
+    ]
+
+    def __init__(self, executable: str = CHROMIUM):
+        self.profile = tempfile.TemporaryDirectory(prefix="book-test-chromium-")
+        self.log = open(Path(self.profile.name) / "chromium.log", "w+b")  # noqa: SIM115 (closed in close())
+        to_browser_r, self._out = os.pipe()
+        self._in, from_browser_w = os.pipe()
+        # Move the browser's ends above fd 4 so that the dup2 calls below cannot overwrite them.
+        child_in = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD_CLOEXEC, 10)
+        child_out = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+
+        def give_browser_the_pipe():  # in the child, before exec: the protocol's fixed descriptors
+            os.dup2(child_in, 3)
+            os.dup2(child_out, 4)
+
+        profile_dir = Path(self.profile.name) / "profile"
+        self.process = subprocess.Popen(
+            [executable, *self.FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+            preexec_fn=give_browser_the_pipe,
+            close_fds=False,  # our own descriptors are close-on-exec anyway; 3 and 4 must survive
+        )
+        os.close(child_in)
+        os.close(child_out)
+        self._buffer = b""
+        self._next_id = 0
+        self._handlers = []  # called with every event
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", wait=False)
+            self.process.wait(timeout=10)
+        except Exception:  # noqa: BLE001 (a dead or stuck browser is killed below)
+            pass
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        for fd in (self._in, self._out):
+            os.close(fd)
+        self.log.close()
+        self.profile.cleanup()
+
+    def log_tail(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-2000:]
+
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no answer from Chromium in time")
+            ready, _, _ = select.select([self._in], [], [], remaining)
+            if ready:
+                chunk = os.read(self._in, 1 << 20)
+                if not chunk:
+                    raise RuntimeError(f"Chromium closed the DevTools pipe. Its log ends with:\n{self.log_tail()}")
+                self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None, wait: bool = True, timeout: float = 30):
+        self._next_id += 1
+        message_id = self._next_id  # event handlers may send commands of their own while we wait
+        message = {"id": message_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        if not wait:
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == message_id and "method" not in reply:
+                if "error" in reply:
+                    raise RuntimeError(f"{method} failed: {reply['error']}")
+                return reply.get("result", {})
+            if "method" in reply:
+                for handler in list(self._handlers):
+                    handler(reply)
+            # replies to commands sent with wait=False are dropped
+
+    def open_page(self, url: str, allowed_origin: str, timeout: float = PAGE_TIMEOUT_S) -> dict:
+        """Load `url` in a new tab, follow a meta refresh, wait for MathJax and images; return a report."""
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        requests, failed, blocked, errors = {}, [], [], []
+
+        def on_event(event):
+            if event.get("sessionId") != session:
+                return
+            method, params = event["method"], event.get("params", {})
+            if method == "Fetch.requestPaused":  # every request stops here until we allow or fail it
+                request_url = params["request"]["url"]
+                if request_url.startswith(allowed_origin + "/"):
+                    self.send("Fetch.continueRequest", {"requestId": params["requestId"]}, session, wait=False)
+                else:
+                    blocked.append(request_url)
+                    self.send(
+                        "Fetch.failRequest",
+                        {"requestId": params["requestId"], "errorReason": "BlockedByClient"},
+                        session,
+                        wait=False,
+                    )
+            elif method == "Network.requestWillBeSent":
+                requests[params["requestId"]] = params["request"]["url"]
+            elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
+                if urlsplit(params["response"]["url"]).path == "/favicon.ico":
+                    return  # the browser asks for it by itself; the book has no favicon
+                failed.append(f"{params['response']['url']} (HTTP {params['response']['status']})")
+            elif method == "Network.loadingFailed":
+                request_url = requests.get(params["requestId"], "?")
+                if request_url.startswith(allowed_origin + "/"):
+                    failed.append(f"{request_url} ({params.get('errorText')})")
+            elif method == "Runtime.exceptionThrown":
+                details = params["exceptionDetails"]
+                errors.append(details.get("exception", {}).get("description") or details.get("text"))
+
+        self._handlers.append(on_event)
+        try:
+            for domain in ("Page.enable", "Network.enable", "Runtime.enable"):
+                self.send(domain, session=session)
+            self.send("Fetch.enable", {"patterns": [{"urlPattern": "*"}]}, session)
+            self.send("Page.navigate", {"url": url}, session)
+            deadline = time.monotonic() + timeout
+            report = None
+            while time.monotonic() < deadline:
+                try:
+                    result = self.send(
+                        "Runtime.evaluate",
+                        {"expression": INSPECT_PAGE_JS, "awaitPromise": True, "returnByValue": True},
+                        session,
+                        timeout=max(1.0, deadline - time.monotonic()),
+                    )
+                except RuntimeError as err:  # the page navigated (meta refresh) while we looked
+                    if "context" not in str(err).lower() and "navigated" not in str(err).lower():
+                        raise
+                    time.sleep(0.2)
+                    continue
+                if "exceptionDetails" in result:
+                    raise RuntimeError(f"inspecting {url} failed: {result['exceptionDetails']}")
+                report = result["result"]["value"]
+                if report.get("redirecting") or report.get("url", "").startswith("about:"):  # not there yet
+                    time.sleep(0.2)
+                    continue
+                break
+            if report is None or report.get("redirecting") or report.get("url", "").startswith("about:"):
+                raise TimeoutError(f"{url} did not finish loading in {timeout} s")
+            # Late failures (fonts requested by MathJax) arrive as events: drain them briefly.
+            self.send("Runtime.evaluate", {"expression": "new Promise(r => setTimeout(r, 300))", "awaitPromise": True}, session)
+            report.update(failed_requests=failed, blocked_requests=blocked, script_errors=[e for e in errors if e])
+            return report
+        finally:
+            self._handlers.remove(on_event)
+            self.send("Target.closeTarget", {"targetId": target})
+
+
+# Runs inside the page: waits for the page, MathJax, fonts and images, then describes what it shows.
+INSPECT_PAGE_JS = r"""
+(async () => {
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const deadline = Date.now() + 60000;
+  while (document.readyState !== "complete" && Date.now() < deadline) await sleep(50);
+  if (document.querySelector('meta[http-equiv="Refresh" i], meta[http-equiv="refresh"]')) {
+    return { redirecting: true, url: location.href };
+  }
+  // Deferred scripts have run once the page is complete: MathJax 3 has defined its startup by now.
+  const mathElements = [...document.querySelectorAll("span.math, div.math")];
+  let mathjax = "no math on this page";
+  const started = window.MathJax && window.MathJax.startup && window.MathJax.startup.promise;
+  if (started) {
+    try {
+      await Promise.race([window.MathJax.startup.promise, sleep(deadline - Date.now()).then(() => { throw new Error("timed out"); })]);
+      mathjax = "typeset by MathJax " + window.MathJax.version;
+    } catch (error) {
+      mathjax = "MathJax failed: " + error;
+    }
+  } else if (mathElements.length) {
+    mathjax = "MathJax did not load";
+  }
+  for (const img of document.images) if (img.loading === "lazy") img.loading = "eager";
+  await Promise.race([
+    Promise.all([...document.images].map((img) => img.complete ? null : new Promise((r) => { img.onload = img.onerror = r; }))),
+    sleep(Math.max(0, deadline - Date.now())),
+  ]);
+  if (document.fonts) await Promise.race([document.fonts.ready, sleep(5000)]);
+
+  // The page's own content: the theme's article, without the header buttons (their icons are images too).
+  const main = document.querySelector("article") || document.querySelector("main") || document.body;
+  const skip = new Set(["SCRIPT", "STYLE", "PRE", "CODE", "TEXTAREA", "MJX-CONTAINER", "MJX-ASSISTIVE-MML", "KBD", "SAMP"]);
+  const walker = document.createTreeWalker(main, NodeFilter.SHOW_TEXT, {
+    acceptNode(node) {
+      for (let el = node.parentElement; el && el !== main.parentElement; el = el.parentElement) {
+        if (skip.has(el.tagName) || el.classList.contains("highlight")) return NodeFilter.FILTER_REJECT;
+      }
+      return NodeFilter.FILTER_ACCEPT;
+    },
+  });
+  const rawTex = [];
+  const rawPattern = /\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{|(^|[^\\$\w])\$[^$\s][^$\n]{0,200}?[^\s\\$]\$(?![\w$])/;
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const match = node.textContent.match(rawPattern);
+    if (match) {
+      const at = node.textContent.indexOf(match[0]);
+      rawTex.push(node.textContent.slice(Math.max(0, at - 30), at + 50).replace(/\s+/g, " "));
+    }
+  }
+  const images = [...document.images].map((img) => ({
+    src: img.currentSrc || img.src,
+    complete: img.complete,
+    naturalWidth: img.naturalWidth,
+    inContent: main.contains(img),
+  }));
+  return {
+    url: location.href,
+    title: document.title,
+    mathjax,
+    mathElements: mathElements.length,
+    mathWithoutOutput: mathElements.filter((el) => !el.querySelector("mjx-container")).map((el) => el.textContent.slice(0, 80)),
+    mjxContainers: document.querySelectorAll("mjx-container").length,
+    texErrors: [...document.querySelectorAll("mjx-merror")].map((el) => el.getAttribute("data-mjx-error") || el.textContent),
+    rawTex,
+    images,
+  };
+})()
+"""
+
+
+def page_problems(report: dict, requires: set[str] = frozenset()) -> list[str]:
+    """Everything wrong with a page's report (empty: the page renders offline as it should)."""
+    problems = []
+    if report["blocked_requests"]:
+        problems.append(f"the page requests resources from outside the book (a CDN?): {report['blocked_requests']}")
+    if report["failed_requests"]:
+        problems.append(f"requests to the book's own server failed: {report['failed_requests']}")
+    broken = [img["src"] for img in report["images"] if not img["complete"] or img["naturalWidth"] == 0]
+    if broken:
+        problems.append(f"images that did not load: {broken}")
+    if report["mathElements"] and not report["mathjax"].startswith("typeset"):
+        problems.append(f"{report['mathElements']} math element(s) but {report['mathjax']}")
+    if report["mathWithoutOutput"]:
+        problems.append(f"math left untypeset: {report['mathWithoutOutput'][:5]}")
+    if report["texErrors"]:
+        problems.append(f"MathJax reports TeX errors: {report['texErrors'][:5]}")
+    if report["rawTex"]:
+        problems.append(f"raw TeX in the text (math that was never recognised as math): {report['rawTex'][:5]}")
+    if "math" in requires and (report["mathElements"] == 0 or report["mjxContainers"] == 0):
+        problems.append("this page should show typeset math, but has none")
+    if "figure" in requires and not any(img["inContent"] and img["naturalWidth"] > 0 for img in report["images"]):
+        problems.append("this page should show a figure, but no image in its content loaded")
+    return problems
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output readable
+        pass
+
+
+class LocalSite:
+    """Serves a folder on 127.0.0.1 (a free port) from a background thread."""
+
+    def __init__(self, folder: Path):
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium was not found at {CHROMIUM}: run `make browser` (Debian's `chromium` package).")
+    chromium = Browser()  # started before any server thread exists (it forks)
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture(scope="module")
+def book_site(browser):
+    require_built_book()
+    site = LocalSite(HTML_DIR)
+    yield site
+    site.close()
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_book_is_built():
+    require_built_book()
+    missing = [page for page in PAGES if not (HTML_DIR / page).exists()]
+    assert not missing, f"pages of _toc.yml missing from {HTML_DIR}: {missing}. Run `make book`."
+    assert (HTML_DIR / "_static" / "mathjax" / "tex-chtml.js").exists(), (
+        "the book has no local copy of MathJax (_static/mathjax/tex-chtml.js): is sphinx-mathjax-offline "
+        "installed and listed in _config.yml's sphinx.extra_extensions? Rebuild with `make book`."
+    )
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_offline(page, browser, book_site):
+    if not (HTML_DIR / page).exists():
+        pytest.fail(f"{HTML_DIR / page} is missing: run `make book`.")
+    report = browser.open_page(f"{book_site.origin}/{page}", book_site.origin)
+    problems = page_problems(report, REQUIRES.get(page, set()))
+    assert not problems, f"{page} ({report['url']}):\n- " + "\n- ".join(problems)
+
+
+NOTEBOOK_PAGES = [page for page in PAGES[1:] if (ROOT / page).with_suffix(".ipynb").exists()]
+
+
+@pytest.mark.parametrize("page", NOTEBOOK_PAGES)
+def test_chapter_has_colab_launch_button(page):
+    """Every notebook page links to itself in Colab, on the repository and branch of _config.yml.
+
+    (Markdown pages have no launch button: Colab cannot open them.)
+    """
+    require_built_book()
+    if not (HTML_DIR / page).exists():
+        pytest.fail(f"{HTML_DIR / page} is missing: run `make book`.")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    repo = urlsplit(config["repository"]["url"]).path.strip("/")
+    expected = f"https://colab.research.google.com/github/{repo}/blob/{config['repository']['branch']}/{Path(page).with_suffix('.ipynb')}"
+    html = (HTML_DIR / page).read_text(encoding="utf-8")
+    assert expected in html, f"{page} has no Colab launch button linking to {expected}"
+
+
+# The checks above must be able to fail: a page that loads MathJax from a CDN, has a broken image and
+# raw TeX is served from a scratch folder and must be rejected for each of these reasons.
+BROKEN_PAGE = r"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>broken</title>
+<script>window.MathJax = {options: {processHtmlClass: "math"}};</script>
+<script defer src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>
+</head><body><main>
+<p>Inline <span class="math notranslate nohighlight">\(x^2\)</span> and a forgotten $y = F(x) + x$ here.</p>
+<img src="missing.png" alt="a figure that is not there">
+</main></body></html>
+"""
+
+WORKING_PAGE = r"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>working</title>
+<script>window.MathJax = {options: {processHtmlClass: "math"}};</script>
+<script defer src="_static/mathjax/tex-chtml.js"></script>
+</head><body><main>
+<p>Inline <span class="math notranslate nohighlight">\(x^2\)</span>.</p>
+<div class="math notranslate nohighlight">\[\mathbf{y} = \mathcal{F}(\mathbf{x}) + \mathbf{x}\]</div>
+<img src="dot.png" alt="a figure">
+</main></body></html>
+"""
+
+
+def tiny_png(width: int = 4, height: int = 3) -> bytes:
+    """A small grey PNG, built with the standard library only."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height))  # filter byte, then grey pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_checks_reject_a_page_that_needs_the_network(browser, tmp_path):
+    (tmp_path / "broken.html").write_text(BROKEN_PAGE, encoding="utf-8")
+    site = LocalSite(tmp_path)
+    try:
+        report = browser.open_page(f"{site.origin}/broken.html", site.origin)
+    finally:
+        site.close()
+    problems = "\n".join(page_problems(report, {"math", "figure"}))
+    assert "cdn.jsdelivr.net" in problems, f"the CDN request was not reported:\n{problems}"
+    assert "MathJax did not load" in problems, f"missing MathJax was not reported:\n{problems}"
+    assert "missing.png" in problems, f"the broken image was not reported:\n{problems}"
+    assert "forgotten $y" in problems, f"raw $...$ math was not reported:\n{problems}"
+
+
+def test_checks_accept_a_page_with_local_mathjax(browser, tmp_path):
+    """The positive control: the same checks pass on a small page using the book's MathJax copy."""
+    require_built_book()
+    shutil.copytree(HTML_DIR / "_static" / "mathjax", tmp_path / "_static" / "mathjax")
+    (tmp_path / "working.html").write_text(WORKING_PAGE, encoding="utf-8")
+    (tmp_path / "dot.png").write_bytes(tiny_png())
+    site = LocalSite(tmp_path)
+    try:
+        report = browser.open_page(f"{site.origin}/working.html", site.origin)
+    finally:
+        site.close()
+    assert not page_problems(report, {"math", "figure"}), page_problems(report, {"math", "figure"})
+    assert report["mathElements"] == 2 and report["mjxContainers"] >= 2, report
