@@ -203,6 +203,7 @@ def test_resnet_cifar_rejects_bad_depths(depth):
         ({"widths": (64, 0, 256, 512)}, r"widths\[1\] must be a positive integer, got 0"),
         ({"shortcut": "D"}, r"unknown shortcut option 'D'; expected one of \('A', 'B', 'C'\)"),
         ({"stem": "mnist"}, r"unknown stem 'mnist'; expected one of \('imagenet', 'cifar'\)"),
+        ({"residual": False, "zero_init_residual": True}, r"zero_init_residual=True with residual=False"),
     ],
 )
 def test_resnet_rejects_bad_arguments(kwargs, message):

@@ -342,6 +342,11 @@ class ResNet(nn.Module):
         _check_positive_int("in_channels", in_channels)
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
+        if zero_init_residual and not residual:
+            raise ValueError(
+                "zero_init_residual=True with residual=False would zero every block of a plain net "
+                "(its output would not depend on the input); expected zero_init_residual=False for plain nets"
+            )
         if shortcut not in SHORTCUT_OPTIONS:
             raise ValueError(f"unknown shortcut option {shortcut!r}; expected one of {SHORTCUT_OPTIONS}")
 
