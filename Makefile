@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 RESNET_MODE ?= quick
 export RESNET_MODE
 
-.PHONY: venv book test browser exercises grade benchmark time-to-accuracy reproduce clean help
+.PHONY: venv book test browser exercises grade benchmark time-to-accuracy latency reproduce clean help
 
 help:
 	@sed -n '1,6p' Makefile
@@ -59,6 +59,10 @@ benchmark: venv
 
 time-to-accuracy: venv
 	$(PY) benchmarks/time_to_accuracy.py $(ARGS)
+
+# Forward latency of ResNet-18...152 at batch 1 and 32 (results/latency-*.json).
+latency: venv
+	$(PY) benchmarks/latency.py $(ARGS)
 
 # The paper's CIFAR-10 experiment (He et al. Sec. 4.2) on a GPU: 9 nets x seeds 0,1 -> results/cifar10/*.json.
 # Resumable: run again to continue. ARGS="--max-minutes 9 --jobs 4" fits 10-minute slots;

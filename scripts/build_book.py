@@ -47,8 +47,8 @@ CACHE_ROOT = BUILD_DIR / ".jupyter_cache"
 GENERATED_DIR = BUILD_DIR / ".generated"
 MODES = ("quick", "full")
 
-# Inputs of the notebooks that jupyter-cache does not see; a change to any of them empties the cache.
-CODE_INPUTS = ("utils/*.py", "pyproject.toml", "requirements.txt")
+# Inputs of the notebooks that jupyter-cache does not see (code, pins, committed results); a change to any of them empties the cache.
+CODE_INPUTS = ("utils/*.py", "pyproject.toml", "requirements.txt", "results/**/*.json")
 CIFAR10_NAMES = ("cifar10-uint8.npz", "cifar-10-batches-py", "cifar10", "cifar10.tgz", "cifar10.tar.gz")
 
 
