@@ -29,7 +29,8 @@ def run_metadata(argv: list[str] | None = None) -> dict:
     """The exact command, the commit (with a dirty flag), the device and the library versions."""
     argv = sys.argv if argv is None else argv
     commit = _git("rev-parse", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    # Untracked files count too: a new script that is not committed yet changes what ran.
+    dirty = bool(_git("status", "--porcelain"))
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
