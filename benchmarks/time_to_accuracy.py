@@ -7,7 +7,7 @@ every epoch, and reports the training seconds until the target was first reached
 history, the command, commit, device and versions to a JSON file.
 
     python benchmarks/time_to_accuracy.py --out results/time-to-94-h100.json       # a GPU
-    python benchmarks/time_to_accuracy.py --train-images 1000 --test-images 500 --epochs 2 --target 0.3  # smoke
+    python benchmarks/time_to_accuracy.py --train-images 1000 --test-images 500 --epochs 2 --warmup-epochs 0 --target 0.3
 
 It needs the real CIFAR-10 (see RESNET_DATA in the README) unless --allow-fallback is given.
 """
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=recipe["epochs"])
     parser.add_argument("--batch-size", type=int, default=recipe["batch_size"])
     parser.add_argument("--lr", type=float, default=recipe["lr"])
+    parser.add_argument("--warmup-epochs", type=float, default=recipe["warmup_epochs"])
     parser.add_argument("--train-images", type=int, default=None, help="use a class-balanced subset (smoke runs)")
     parser.add_argument("--test-images", type=int, default=None, help="evaluate on a class-balanced test subset (smoke runs)")
     parser.add_argument("--compile", action="store_true")
@@ -52,9 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     train.set_seed(args.seed)
     train_loader, evals = data.make_loaders(train_set, {"test": test_set}, args.batch_size, device=device, seed=args.seed)
     model = models.resnet18(num_classes=len(train_set.classes), stem="cifar")
-    options = {k: v for k, v in recipe.items() if k not in ("batch_size", "epochs", "lr")}
+    options = {k: v for k, v in recipe.items() if k not in ("batch_size", "epochs", "lr", "warmup_epochs")}
     history = train.fit(
-        model, train_loader, evals, epochs=args.epochs, lr=args.lr, device=device,
+        model, train_loader, evals, epochs=args.epochs, lr=args.lr, warmup_epochs=args.warmup_epochs, device=device,
         channels_last=device.type == "cuda", compile=args.compile, **options,
     )  # fmt: skip
 
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
         "best_test_acc": float(np.max(history["test_acc"])),
         "final_test_acc": history["test_acc"][-1],
         "total_seconds": elapsed[-1],
-        "recipe": recipe | {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
+        "recipe": recipe | {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                            "warmup_epochs": args.warmup_epochs},
         "train_images": len(train_set),
         "test_images": len(test_set),
         "data_source": train_set.source,

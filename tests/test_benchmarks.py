@@ -36,7 +36,7 @@ def test_throughput_rejects_unknown_models(monkeypatch, tmp_path):
 def test_time_to_accuracy_smoke_run_records_history(tmp_path, monkeypatch):
     out = tmp_path / "tta.json"
     report = _run_script("time_to_accuracy.py", ["--train-images", "100", "--test-images", "50", "--epochs", "1",
-                                                 "--batch-size", "50", "--target", "0.01", "--allow-fallback",
+                                                 "--warmup-epochs", "0", "--batch-size", "50", "--target", "0.01", "--allow-fallback",
                                                  "--out", str(out)], monkeypatch)  # fmt: skip
     saved = json.loads(out.read_text())
     assert saved["reached"] and saved["epoch_reached"] == 1 and saved["seconds_to_target"] > 0
