@@ -6,7 +6,7 @@
 Submissions, either layout (both may be mixed in one folder):
 
     SUBMISSIONS/<student>/<chapter>.ipynb        one folder per student (any file name that
-                                                 contains the chapter's name, e.g. "03_bottleneck
+                                                 contains the chapter's name, e.g. "05_bottleneck
                                                  (1).ipynb", works; so does a student copy renamed
                                                  at will, which carries its chapter in its metadata)
     SUBMISSIONS/<student>__<chapter>.ipynb       flat: student and chapter in the file name
@@ -63,7 +63,8 @@ ROOT = SCRIPTS.parent
 # Seconds. Chapter cells train models: the same limit as `make test`, generous for a busy machine.
 DEFAULT_CELL_TIMEOUT = 900
 # Answer and check cells get a shorter limit, so an endless loop costs minutes, not a quarter of an
-# hour; the slowest answer in the course (exercise 8.1 trains two models) takes 1-2 min in quick mode.
+# hour; the slowest answer in the course (exercise 8.1 trains two small models) takes seconds to two
+# minutes in quick mode, depending on how busy the machine is.
 DEFAULT_ANSWER_TIMEOUT = 300
 # nbval waits 5 s for output after interrupting a timed-out cell; beyond this grace the grader
 # assumes the cell ignores interrupts (nbval may then never return) and stops the run.
@@ -75,6 +76,8 @@ SUSPICIOUS = re.compile(
     r"get_ipython|__builtins__|\bbuiltins\b|sys\.modules|input_transformers|ast_transformers|"
     r"os\._exit|sys\.exit|sys\.settrace|NBVAL_"
 )
+KERNEL_START_FAILED = "the kernel did not start: "
+KERNEL_START_ATTEMPTS = 3  # concurrent kernels can race for the same TCP ports: try again
 QUARANTINE = 'raise RuntimeError("answer not run again by the grader: it stopped the kernel in an earlier pass")'
 
 
@@ -154,7 +157,7 @@ try:  # the hooks need pytest; the grader itself does not import it
             else:
                 message, kind = _failure_message(item, call.excinfo)
                 if call.when == "setup":
-                    message, kind = "the kernel did not start: " + message, "stopped"
+                    message, kind = KERNEL_START_FAILED + message, "stopped"
                 _record(item.config, event="result", cell=item.cell_num, passed=False, message=message, kind=kind)
         return report
 
@@ -169,7 +172,7 @@ except ImportError:  # pragma: no cover
 
 @dataclass
 class Chapter:
-    name: str  # file stem, e.g. "03_bottleneck"
+    name: str  # file stem, e.g. "05_bottleneck"
     path: Path
     nb: object
     exercises: list[tags.Exercise]
@@ -452,6 +455,18 @@ def run_nbval(
     plan: Plan, run_dir: Path, name: str, options: Options, log, junit_name: str | None = None
 ) -> dict[int, dict]:
     """Run the plan's notebook under nbval; {code cell number: result event}."""
+    for attempt in range(KERNEL_START_ATTEMPTS):
+        outcome = _run_once(plan, run_dir, name, options, log, junit_name)
+        first = outcome.get(0, {})
+        if not first.get("message", "").startswith(KERNEL_START_FAILED) or _STOPPING.is_set():
+            break
+        log.write(f"=== the kernel did not start; trying again ({attempt + 2} of {KERNEL_START_ATTEMPTS})\n")
+        log.flush()
+        time.sleep(1 + attempt)
+    return outcome
+
+
+def _run_once(plan: Plan, run_dir: Path, name: str, options: Options, log, junit_name: str | None) -> dict[int, dict]:
     if _STOPPING.is_set():
         return {}
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -464,6 +479,7 @@ def run_nbval(
     command = [
         sys.executable, "-m", "pytest", notebook.name,
         "-c", "pytest.ini", "--rootdir", ".", "-p", "no:cacheprovider", "-p", "grade",
+        "--nbval-kernel-startup-timeout=180",  # a busy machine can take a minute to start a kernel
         "--grade-results", str(results), "--nbval-lax", "--nbval-current-env",
         f"--nbval-cell-timeout={options.cell_timeout:g}", f"--junitxml={junit}", "--color=no", "-q",
     ]  # fmt: skip
@@ -525,11 +541,12 @@ def runner_environment(work: Path, parallel: bool = False) -> dict:
     env.pop("PYTEST_ADDOPTS", None)
     if parallel:
         env.setdefault("OMP_NUM_THREADS", "1")  # parallel kernels must not fight over the cores
-    # A fresh IPython profile for the kernels: no personal startup files, no history written to
-    # ~/.ipython, and tracebacks without colour codes in the logs and the JUnit XML.
+    # A fresh IPython profile for the kernels: no personal startup files, no history (nothing written
+    # to ~/.ipython, no database shared by parallel kernels), tracebacks without colour codes.
     profile = work / ".ipython" / "profile_default"
     profile.mkdir(parents=True, exist_ok=True)
-    (profile / "ipython_kernel_config.py").write_text('c.InteractiveShell.colors = "nocolor"\n', encoding="utf-8")
+    config = 'c.InteractiveShell.colors = "nocolor"\nc.HistoryManager.enabled = False\n'
+    (profile / "ipython_kernel_config.py").write_text(config, encoding="utf-8")
     env["IPYTHONDIR"] = str(work / ".ipython")
     return env
 

@@ -2,7 +2,7 @@
 """Write the student copy of every chapter: solutions replaced by stubs, outputs cleared.
 
     python scripts/make_exercises.py --out exercises            # every chapter in book/
-    python scripts/make_exercises.py --out exercises 03_bottleneck.ipynb
+    python scripts/make_exercises.py --out exercises 05_bottleneck.ipynb
 
 In each copy, every solution cell (tags ``solution`` and ``ex-N-k``, see CONTRIBUTING.md) keeps only
 its leading comment lines, the task, and ends with ``raise NotImplementedError(...)`` naming the

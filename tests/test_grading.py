@@ -473,6 +473,20 @@ def test_file_names_layouts_and_unmatched_files(toy_class):
     assert message_of(toy_class, "dana", "1.1") == "no notebook for 01_toy in the submissions"
 
 
+def test_a_kernel_that_does_not_start_is_started_again(monkeypatch, tmp_path):
+    """Kernels started at once can race for the same ports and die before they answer: try again."""
+    failed = {0: {"cell": 0, "passed": False, "message": grade.KERNEL_START_FAILED + "Kernel died", "kind": "stopped"}}
+    ran = {0: {"cell": 0, "passed": True, "message": "", "kind": ""}}
+    outcomes = [failed, failed, ran]
+    monkeypatch.setattr(grade, "_run_once", lambda *args: outcomes.pop(0))
+    monkeypatch.setattr(grade.time, "sleep", lambda seconds: None)
+    with open(tmp_path / "log", "w", encoding="utf-8") as log:
+        assert grade.run_nbval(None, tmp_path, "x", None, log) == ran
+    outcomes[:] = [failed] * grade.KERNEL_START_ATTEMPTS + [ran]
+    with open(tmp_path / "log", "w", encoding="utf-8") as log:
+        assert grade.run_nbval(None, tmp_path, "x", None, log) == failed, "it gives up after a few attempts"
+
+
 def test_the_grader_refuses_to_write_into_the_submissions(tmp_path):
     (tmp_path / "class").mkdir()
     with pytest.raises(SystemExit):
