@@ -60,8 +60,8 @@ def load_config() -> dict:
     return yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8")) or {}
 
 
-def toc_notebooks() -> list[Path]:
-    """The executable pages of the book (.ipynb files listed in _toc.yml), in book order."""
+def toc_entries() -> list[str]:
+    """Every page _toc.yml lists (root, chapters, sections, parts), in book order, as written there."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
     entries = [toc["root"]]
 
@@ -75,8 +75,13 @@ def toc_notebooks() -> list[Path]:
     walk(toc.get("chapters"))
     for part in toc.get("parts") or []:
         walk(part.get("chapters"))
+    return entries
+
+
+def toc_notebooks() -> list[Path]:
+    """The executable pages of the book (.ipynb files listed in _toc.yml), in book order."""
     notebooks = []
-    for entry in entries:
+    for entry in toc_entries():
         path = ROOT / entry
         path = path if path.suffix else path.with_suffix(".ipynb")
         if path.suffix == ".ipynb" and path.exists():

@@ -25,21 +25,21 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 
 
-def _load_sync_module():
-    spec = importlib.util.spec_from_file_location("sync_setup_cells", ROOT / "scripts" / "sync_setup_cells.py")
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-setup_cells = _load_sync_module()
+setup_cells = _load_script("sync_setup_cells")
+toc_entries = _load_script("build_book").toc_entries  # the build and the tests read the toc the same way
 NOTEBOOKS = setup_cells.book_notebooks(BOOK)
 CHAPTERS = [p for p in NOTEBOOKS if re.match(r"^\d\d_", p.name) and int(p.name[:2]) >= 1]
 MARKDOWN_PAGES = sorted(BOOK.glob("*.md"))
@@ -47,22 +47,6 @@ MARKDOWN_PAGES = sorted(BOOK.glob("*.md"))
 
 def _ids(paths):
     return [p.name for p in paths]
-
-
-def toc_entries() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
-    entries = [toc["root"]]
-
-    def walk(items):
-        for item in items or []:
-            if "file" in item:
-                entries.append(item["file"])
-            walk(item.get("sections"))
-
-    walk(toc.get("chapters"))
-    for part in toc.get("parts") or []:
-        walk(part.get("chapters"))
-    return entries
 
 
 def _resolve(entry: str) -> list[Path]:
