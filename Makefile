@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 RESNET_MODE ?= quick
 export RESNET_MODE
 
-.PHONY: venv book test browser exercises grade benchmark time-to-accuracy latency reproduce clean help
+.PHONY: venv book test browser exercises grade benchmark time-to-accuracy latency results-summary reproduce clean help
 
 help:
 	@sed -n '1,6p' Makefile
@@ -63,6 +63,10 @@ time-to-accuracy: venv
 # Forward latency of ResNet-18...152 at batch 1 and 32 (results/latency-*.json).
 latency: venv
 	$(PY) benchmarks/latency.py $(ARGS)
+
+# The README's "Measured so far" tables, regenerated from results/*.json (a test checks them).
+results-summary: venv
+	$(PY) benchmarks/summary.py --write README.md
 
 # The paper's CIFAR-10 experiment (He et al. Sec. 4.2) on a GPU: 9 nets x seeds 0,1 -> results/cifar10/*.json.
 # Resumable: run again to continue. ARGS="--max-minutes 9 --jobs 4" fits 10-minute slots;

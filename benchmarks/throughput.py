@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--images {n_images} must be at least --batch-size {args.batch_size}")
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
 
+    # Taken before the run: the commit's dirty flag must describe the code that ran, not edits made meanwhile.
+    report = results.run_metadata(["benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)])
+    report["load_average_before"] = list(os.getloadavg())  # other work on the machine slows both ways down
     train_set = data.load_cifar10("train")
     rng_indices = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:n_images].numpy()
     subset = train_set.subset(rng_indices)
@@ -112,7 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     macs = cost.count_macs(build_model(args.model), (1, 3, 32, 32))
     train_flops_per_image = 3 * 2 * macs  # forward + backward (about twice the forward), 2 FLOPs per MAC
-    report = results.run_metadata(["benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)])
     report |= {
         "model": args.model,
         "images": n_images,
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup": classic_seconds / fast_seconds,
         "train_flops_per_image": train_flops_per_image,
         "data_source": train_set.source,
+        "load_average_after": list(os.getloadavg()),
     }  # fmt: skip
     peak = peak_flops(report["device"]) if on_gpu else None
     if peak:

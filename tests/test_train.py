@@ -113,6 +113,25 @@ def test_resuming_from_a_checkpoint_continues_the_same_run(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_the_fast_path_options_train_and_checkpoint_plain_weights(tmp_path):
+    """compile, bf16 autocast and channels-last are what a GPU run turns on; here they run on the CPU.
+
+    torch.compile with its default backend (Inductor) generates C++ here instead of GPU kernels, so
+    this catches what the options do to ``fit`` (wrapping, memory formats, checkpoint keys), not GPU codegen.
+    """
+    ckpt = tmp_path / "fast.pt"
+    model, history = _run(epochs=2, amp=True, channels_last=True, compile=True, checkpoint=ckpt)
+    assert all(math.isfinite(v) for v in history["train_loss"] + history["test_loss"])
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.conv1.weight.dtype == torch.float32, "autocast computes in bf16 but keeps fp32 weights"
+    saved = train.load_checkpoint(ckpt)["model"]
+    assert list(saved) == list(_tiny_model().state_dict()), "no _orig_mod. prefixes: the checkpoint loads into a plain model"
+    # bf16 rounding changes the numbers, but not what is learnt: the plain fp32 run gets about as far.
+    _, plain = _run(epochs=2)
+    assert abs(history["test_acc"][-1] - plain["test_acc"][-1]) <= 0.25
+
+
 def test_save_and_load_model_round_trip_without_prefixes(tmp_path):
     model = _tiny_model().eval()
 

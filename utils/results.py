@@ -29,8 +29,12 @@ def run_metadata(argv: list[str] | None = None) -> dict:
     """The exact command, the commit (with a dirty flag), the device and the library versions."""
     argv = sys.argv if argv is None else argv
     commit = _git("rev-parse", "HEAD")
-    # Untracked files count too: a new script that is not committed yet changes what ran.
-    dirty = bool(_git("status", "--porcelain"))
+    if commit is not None:
+        # Untracked files count too: a new script that is not committed yet changes what ran.
+        commit += "-dirty" if _git("status", "--porcelain") else ""
+    else:
+        # A copy of the tree without .git (a rented GPU machine): the caller names the commit it copied.
+        commit = os.environ.get("RESNET_COMMIT") or None
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
@@ -39,7 +43,7 @@ def run_metadata(argv: list[str] | None = None) -> dict:
 
     return {
         "command": " ".join(shlex.quote(a) for a in ["python", *argv]),
-        "commit": commit + ("-dirty" if dirty else "") if commit else None,
+        "commit": commit,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "mode": os.environ.get("RESNET_MODE", "quick"),
