@@ -31,7 +31,9 @@ graded again with that answer removed, so it costs only its own exercise.
 
 Written to ``--out`` (never into the submissions folder): ``grades.csv`` (one row per student and
 exercise), ``totals.csv`` (one row per student), ``grades.md`` (both as tables, plus problems with
-files), ``junit/<student>__<chapter>.xml`` (pytest's JUnit XML, one test case per cell) and
+files), ``junit/<student>__<chapter>.xml`` (pytest's JUnit XML, one test case per cell; ``.pass2.xml`` and
+so on for the passes after an answer stopped the kernel; the grader writes the report itself for a
+run that pytest did not finish) and
 ``logs/<student>__<chapter>.log`` (pytest's output with full tracebacks).
 """
 
@@ -53,6 +55,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import nbformat
 
@@ -488,9 +491,37 @@ def _run_once(plan: Plan, run_dir: Path, name: str, options: Options, log, junit
     )
     _RUNNING[process] = results
     try:
-        return _watch(process, results, plan, options)
+        outcome = _watch(process, results, plan, options)
     finally:
         _RUNNING.pop(process, None)
+    # pytest exits with 0 or 1 when it ran every cell. Stopped by the grader, or broken by a dead kernel,
+    # it writes no report or one that lacks the cell that stopped it: the grader's own events say more.
+    if process.returncode not in (0, 1) or not junit.exists():
+        write_junit(junit, notebook.name, outcome)
+    return outcome
+
+
+def write_junit(path: Path, notebook_name: str, outcome: dict[int, dict]) -> None:
+    """A JUnit XML report of a run that pytest could not report in full: one test case per cell that ran.
+
+    Cells are named as nbval names them ("Cell 4"), so both kinds of report read the same.
+    Written to a temporary file, then renamed.
+    """
+    failures = sum(not r["passed"] for r in outcome.values())
+    suites = ElementTree.Element("testsuites", name="grade.py")
+    suite = ElementTree.SubElement(
+        suites, "testsuite", name="grade.py", errors="0", failures=str(failures), skipped="0", tests=str(len(outcome))
+    )
+    properties = ElementTree.SubElement(suite, "properties")
+    ElementTree.SubElement(properties, "property", name="written_by", value="scripts/grade.py: pytest did not finish this run")
+    for cell in sorted(outcome):
+        case = ElementTree.SubElement(suite, "testcase", classname=notebook_name, name=f"Cell {cell}")
+        if not outcome[cell]["passed"]:
+            failure = ElementTree.SubElement(case, "failure", message=outcome[cell]["message"])
+            failure.text = outcome[cell]["message"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    ElementTree.ElementTree(suites).write(tmp, encoding="utf-8", xml_declaration=True)
+    os.replace(tmp, path)
 
 
 def _watch(process: subprocess.Popen, results: Path, plan: Plan, options: Options) -> dict[int, dict]:
