@@ -91,13 +91,6 @@ def _depth(text: str) -> int:
     return value
 
 
-def device_slug(device: torch.device) -> str:
-    """``cpu``, or the GPU's name in file-name form (``NVIDIA H100 80GB HBM3`` -> ``h100-80gb-hbm3``)."""
-    if device.type != "cuda":
-        return "cpu"
-    return torch.cuda.get_device_name(device).lower().replace("nvidia ", "").replace(" ", "-")
-
-
 def cpu_model() -> str | None:
     """The processor's marketing name from /proc/cpuinfo (Linux), e.g. ``AMD EPYC``; None elsewhere."""
     try:
@@ -216,7 +209,7 @@ def measure(args: argparse.Namespace, argv: list[str]) -> dict:
             torch.cuda.empty_cache()
     report["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report["elapsed_s"] = time.perf_counter() - started
-    out = results.write_json(args.out or f"results/latency-{device_slug(device)}.json", report)
+    out = results.write_json(args.out or f"results/latency-{results.device_slug(device)}.json", report)
     print(f"written: {out} ({report['elapsed_s']:.0f} s)")
     return report
 

@@ -140,8 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         mfu = f"   MFU {100 * r['mfu']:.1f} %" if "mfu" in r else ""
         print(f"{way:>8}: {r['images_per_s']:9.1f} images/s ({r['seconds']:.2f} s){mfu}")
     print(f" speedup: {report['speedup']:.2f}x")
-    slug = "cpu" if not on_gpu else report["device"].lower().replace("nvidia ", "").replace(" ", "-")
-    out = results.write_json(args.out or f"results/throughput-{slug}-{args.model}.json", report)
+    out = results.write_json(args.out or f"results/throughput-{results.device_slug(device)}-{args.model}.json", report)
     print(f"written: {out}")
     return report
 

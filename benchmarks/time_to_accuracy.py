@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"reached {args.target:.1%} {args.eval_on} accuracy after {report['seconds_to_target']:.1f} s (epoch {reached[0] + 1})")
     else:
         print(f"did not reach {args.target:.1%}: best {args.eval_on} accuracy {report[f'best_{metric}']:.2%} in {elapsed[-1]:.1f} s")
-    slug = "cpu" if device.type != "cuda" else report["device"].lower().replace("nvidia ", "").replace(" ", "-")
+    slug = results.device_slug(device)
     default_out = f"results/time-to-accuracy-{slug}.json" if args.eval_on == "test" else f"results/recipe-val-{slug}.json"
     out = results.write_json(args.out or default_out, report)
     print(f"written: {out}")

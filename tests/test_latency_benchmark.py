@@ -78,10 +78,6 @@ def test_bf16_autocast_wrapper_runs_in_bfloat16_and_keeps_the_prediction(latency
     assert torch.allclose(bf16.float(), fp32, atol=0.1, rtol=0.05)
 
 
-def test_device_slug_names_the_cpu(latency):
-    assert latency["device_slug"](torch.device("cpu")) == "cpu"
-
-
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from utils import results
 
@@ -52,3 +53,9 @@ def test_write_json_is_atomic_and_round_trips(tmp_path):
         results.write_json(out, {"bad": object()})
     assert json.loads(out.read_text()) == {"x": 1.5, "y": [1, 2]}, "a failed write must leave the old file intact"
     assert [p.name for p in out.parent.iterdir()] == ["r.json"], "no temporary file may be left behind"
+
+
+def test_device_slug_names_result_files(monkeypatch):
+    assert results.device_slug("cpu") == results.device_slug(torch.device("cpu")) == "cpu"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert results.device_slug("cuda:0") == "h100-80gb-hbm3"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["run_metadata", "write_json", "read_json"]
+__all__ = ["run_metadata", "device_slug", "write_json", "read_json"]
 
 
 def _git(*args: str) -> str | None:
@@ -51,6 +51,14 @@ def run_metadata(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
     }
+
+
+def device_slug(device: torch.device | str) -> str:
+    """``cpu``, or the GPU's name in file-name form (``NVIDIA H100 80GB HBM3`` -> ``h100-80gb-hbm3``)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu"
+    return torch.cuda.get_device_name(device).lower().replace("nvidia ", "").replace(" ", "-")
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:
