@@ -136,14 +136,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    previous_threads = torch.get_num_threads()
+    previous_threads, previous_cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         return measure(args, sys.argv[1:] if argv is None else argv)
     finally:
-        # A caller in the same process (a test, a notebook) keeps its own thread count.
+        # A caller in the same process (a test, a notebook) keeps its own settings.
         torch.set_num_threads(previous_threads)
+        torch.backends.cudnn.benchmark = previous_cudnn_benchmark
 
 
 def measure(args: argparse.Namespace, argv: list[str]) -> dict:
@@ -164,7 +165,7 @@ def measure(args: argparse.Namespace, argv: list[str]) -> dict:
         "environment": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
         "memory_format": args.memory_format,
         "cudnn_benchmark": device.type == "cuda",
-        "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_before": results.load_average(),
         "models": {},
         "measurements": [],
     }
@@ -207,7 +208,7 @@ def measure(args: argparse.Namespace, argv: list[str]) -> dict:
         del model, wrapped
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    report["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    report["load_average_after"] = results.load_average()
     report["elapsed_s"] = time.perf_counter() - started
     out = results.write_json(args.out or f"results/latency-{results.device_slug(device)}.json", report)
     print(f"written: {out} ({report['elapsed_s']:.0f} s)")

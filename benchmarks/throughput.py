@@ -35,6 +35,7 @@ PEAK_BF16_FLOPS = {
     "H100": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
+    "L40": 181e12,
     "L4": 121e12,
     "A10G": 70e12,
     "T4": 65e12,  # fp16: the T4 has no bf16 tensor cores
@@ -42,7 +43,7 @@ PEAK_BF16_FLOPS = {
 
 
 def peak_flops(device_name: str) -> float | None:
-    for key, value in PEAK_BF16_FLOPS.items():  # ordered: "H100 PCIe" before "H100"
+    for key, value in PEAK_BF16_FLOPS.items():  # ordered: "H100 PCIe" before "H100", "L40" before "L4"
         if key in device_name:
             return value
     return None
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers for the classic loop (default: min(4, cores))")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
-    parser.add_argument("--out", default=None, help="JSON file to write (default: results/throughput-<device>.json)")
+    parser.add_argument("--out", default=None, help="JSON file to write (default: results/throughput-<device>-<model>.json)")
     args = parser.parse_args(argv)
 
     build_model(args.model)  # fail fast on a bad name, before any data is loaded
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Taken before the run: the commit's dirty flag must describe the code that ran, not edits made meanwhile.
     report = results.run_metadata(["benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)])
-    report["load_average_before"] = list(os.getloadavg())  # other work on the machine slows both ways down
+    report["load_average_before"] = results.load_average()
     train_set = data.load_cifar10("train")
     rng_indices = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:n_images].numpy()
     subset = train_set.subset(rng_indices)
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup": classic_seconds / fast_seconds,
         "train_flops_per_image": train_flops_per_image,
         "data_source": train_set.source,
-        "load_average_after": list(os.getloadavg()),
+        "load_average_after": results.load_average(),
     }  # fmt: skip
     peak = peak_flops(report["device"]) if on_gpu else None
     if peak:

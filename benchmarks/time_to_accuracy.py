@@ -13,7 +13,7 @@ Choosing a recipe (epochs, learning rate, ...) by its test accuracy would tune o
 (a stratified split, as in He et al. Sec. 4.2). Only the final recipe is then timed on the test set.
 
     python benchmarks/time_to_accuracy.py --eval-on val --epochs 30 --out results/recipe-val-e30.json  # choose, on a GPU
-    python benchmarks/time_to_accuracy.py --out results/time-to-94-h100.json                         # time it, on a GPU
+    python benchmarks/time_to_accuracy.py --out results/time-to-accuracy-h100.json                   # time it, on a GPU
     python benchmarks/time_to_accuracy.py --train-images 1000 --test-images 500 --epochs 2 --warmup-epochs 0 --target 0.3
 
 It needs the real CIFAR-10 (see RESNET_DATA in the README) unless --allow-fallback is given.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 
 import numpy as np
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Taken before the run: the commit's dirty flag must describe the code that ran, not edits made meanwhile.
     report = results.run_metadata(["benchmarks/time_to_accuracy.py", *(sys.argv[1:] if argv is None else argv)])
-    report["load_average_before"] = list(os.getloadavg())  # other work on the machine slows the run down
+    report["load_average_before"] = results.load_average()
     device = train.default_device()
     train_set = data.load_cifar10("train")
     if train_set.source.startswith("fallback") and not args.allow_fallback:
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.eval_on}_images": len(eval_set),
         "data_source": train_set.source,
         "history": history,
-        "load_average_after": list(os.getloadavg()),
+        "load_average_after": results.load_average(),
     }
     if reached:
         print(f"reached {args.target:.1%} {args.eval_on} accuracy after {report['seconds_to_target']:.1f} s (epoch {reached[0] + 1})")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["run_metadata", "device_slug", "write_json", "read_json"]
+__all__ = ["run_metadata", "device_slug", "load_average", "write_json", "read_json"]
 
 
 def _git(*args: str) -> str | None:
@@ -59,6 +59,11 @@ def device_slug(device: torch.device | str) -> str:
     if device.type != "cuda":
         return "cpu"
     return torch.cuda.get_device_name(device).lower().replace("nvidia ", "").replace(" ", "-")
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (other work slows a benchmark down); None where the OS has none."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:
