@@ -231,8 +231,11 @@ def jupyter_book_command() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from utils import config  # the course package, installed in the venv (`pip install -e .`)
+
     parser = argparse.ArgumentParser(description="Build the book in one mode (see the module docstring).")
-    parser.add_argument("--mode", choices=MODES, default=os.environ.get("RESNET_MODE", "quick") or "quick")
+    # RESNET_MODE as the kernels will read it (lower-cased, validated): one cache folder per mode.
+    parser.add_argument("--mode", choices=MODES, default=config.mode())
     parser.add_argument(
         "--jobs",
         type=int,

@@ -364,7 +364,7 @@ def student_answers(chapter: Chapter, student_nb) -> dict[int, str]:
     return answers
 
 
-def assemble(chapter: Chapter, student_nb, quarantined: dict[int, str]) -> Plan:
+def assemble(chapter: Chapter, student_nb, quarantined: set[int]) -> Plan:
     """The reference chapter with the student's answers in its solution cells."""
     nb = copy.deepcopy(chapter.nb)
     for cell in nb.cells:
@@ -617,7 +617,7 @@ def grade_submission(student: str, chapter: Chapter, submission: Submission | No
     solutions = {i for e in chapter.exercises for i in e.solutions}
     # The answer cells to blame when a cell stops the kernel: its own, or its exercise's.
     blame = {i: e.solutions for e in chapter.exercises for i in e.solutions + e.checks}
-    quarantined: dict[int, str] = {}
+    quarantined: set[int] = set()
     merged: dict[int, dict] = {}
     start = 0
     log_path = options.out / "logs" / f"{name}.log"
@@ -637,8 +637,7 @@ def grade_submission(student: str, chapter: Chapter, submission: Submission | No
             if culprit is None or plan.code_cells[culprit] not in blame or culprit + 1 >= len(plan.code_cells):
                 break
             # An answer stopped the kernel: grade the later cells again without it.
-            for index in blame[plan.code_cells[culprit]]:
-                quarantined[index] = merged[culprit]["message"]
+            quarantined.update(blame[plan.code_cells[culprit]])
             start = culprit + 1
 
     rows = []
@@ -770,6 +769,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("no gradable submission found")
     for out_dir in (args.out, args.out / "junit", args.out / "logs"):
         out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*(args.out / "junit").glob("*.xml"), *(args.out / "logs").glob("*.log")]:
+        stale.unlink()  # an earlier grading's reports would read as this one's
 
     work = Path(tempfile.mkdtemp(prefix="grade-"))
     env = runner_environment(work, parallel=args.jobs > 1)

@@ -65,7 +65,7 @@ def book_notebooks(book_dir: Path = BOOK_DIR) -> list[Path]:
 
 
 def _is_setup_cell(cell) -> bool:
-    return "colab-setup" in cell.get("metadata", {}).get("tags", [])
+    return "colab-setup" in (cell.get("metadata", {}).get("tags") or [])
 
 
 def setup_cell_problem(nb, expected_source: str) -> str | None:
@@ -78,6 +78,9 @@ def setup_cell_problem(nb, expected_source: str) -> str | None:
         if later:
             return f"the setup cell is cell {later[0]}, not the first cell"
         return "the first cell is not the Colab setup cell (no cell is tagged colab-setup)"
+    copies = sum(map(_is_setup_cell, nb.cells))
+    if copies > 1:
+        return f"{copies} cells are tagged colab-setup; expected one"
     if first.cell_type != "code":
         return f"the setup cell is a {first.cell_type} cell, expected a code cell"
     missing = [tag for tag in SETUP_TAGS if tag not in first.metadata.get("tags", [])]

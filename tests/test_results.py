@@ -33,6 +33,9 @@ def test_clean_and_dirty_trees(repo):
     (repo / "new_script.py").write_text("print(1)\n")  # untracked: it may be what ran
     assert results.run_metadata([])["commit"] == head + "-dirty"
     (repo / "new_script.py").unlink()
+    (repo / "results").mkdir()
+    (repo / "results" / "run.json").write_text("{}")  # a run's own output does not change the code that ran
+    assert results.run_metadata([])["commit"] == head
     (repo / "a.txt").write_text("changed\n")
     assert results.run_metadata([])["commit"] == head + "-dirty"
 

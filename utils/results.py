@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from . import config
+
 __all__ = ["run_metadata", "device_slug", "load_average", "write_json", "read_json"]
 
 
@@ -30,8 +32,9 @@ def run_metadata(argv: list[str] | None = None) -> dict:
     argv = sys.argv if argv is None else argv
     commit = _git("rev-parse", "HEAD")
     if commit is not None:
-        # Untracked files count too: a new script that is not committed yet changes what ran.
-        commit += "-dirty" if _git("status", "--porcelain") else ""
+        # Untracked files count too: a new script that is not committed yet changes what ran. Result files
+        # do not: runs write them into results/ themselves, so every resumed run would look dirty.
+        commit += "-dirty" if _git("status", "--porcelain", "--", ":/", ":(top,exclude)results") else ""
     else:
         # A copy of the tree without .git (a rented GPU machine): the caller names the commit it copied.
         commit = os.environ.get("RESNET_COMMIT") or None
@@ -46,7 +49,7 @@ def run_metadata(argv: list[str] | None = None) -> dict:
         "commit": commit,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device,
-        "mode": os.environ.get("RESNET_MODE", "quick"),
+        "mode": config.mode(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
