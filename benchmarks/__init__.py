@@ -1,0 +1,1 @@
+"""Benchmark scripts (importable as ``benchmarks.<name>`` from the repository root)."""
