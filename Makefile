@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 RESNET_MODE ?= quick
 export RESNET_MODE
 
-.PHONY: venv book test browser exercises grade benchmark time-to-accuracy latency results-summary reproduce clean help
+.PHONY: venv book test browser exercises grade benchmark time-to-accuracy latency results-summary reproduce runs gpu-evidence clean help
 
 help:
 	@sed -n '1,6p' Makefile
@@ -73,6 +73,18 @@ results-summary: venv
 # ARGS="--nets resnet56 --seeds 0" picks runs.
 reproduce: venv
 	$(PY) scripts/reproduce.py --mode full $(ARGS)
+
+# The book's full-scale trainings, outside the notebooks (a GPU): the degradation nets, chapter 4's
+# runs, then Table 6. Resumable; ARGS="--max-minutes 9 --jobs 4" fits 10-minute slots, ARGS=--list
+# shows the queue and what is done, ARGS=--dry-run checks the whole path on a CPU in minutes.
+runs: venv
+	$(PY) scripts/runs.py $(ARGS)
+
+# On a lent GPU: every GPU figure in priority order within 9 minutes (DEVELOPERS.md). It uses the
+# project's venv where there is one, else the machine's own Python with PyTorch.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-evidence:
+	PYTHONPATH=$(CURDIR) $(GPU_PY) benchmarks/gpu_evidence.py $(ARGS)
 
 clean:
 	rm -rf _build

@@ -31,6 +31,9 @@ from torch import nn
 from utils import config, cost, models, results, train
 
 DEPTHS = (18, 34, 50, 101, 152)
+# Seed post 003 times TF-slim's ResNet-v2-152 (batch 32, 224x224, 10 burn-in steps, 100 batches)
+# and says it is "about 50 % slower" than VGG and Inception: --also times those three the same way.
+EXTRA_MODELS = ("resnet_v2_152", "vgg16", "inception_v3")
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 # The ImageNet ResNets shrink the input 32-fold before the global average pooling.
@@ -42,6 +45,19 @@ def build_model(depth: int) -> nn.Module:
     if depth not in DEPTHS:
         raise ValueError(f"no ResNet-{depth}; expected one of {DEPTHS}")
     return getattr(models, f"resnet{depth}")(num_classes=1000)
+
+
+def build_extra(name: str) -> nn.Module:
+    """The models of seed post 003's comparison, with random weights (nothing is downloaded)."""
+    import torchvision
+
+    if name == "resnet_v2_152":  # pre-activation bottlenecks, [3, 8, 36, 3] as in TF-slim
+        return models.ResNet(models.PreActBottleneck, [3, 8, 36, 3], num_classes=1000)
+    if name == "vgg16":
+        return torchvision.models.vgg16(weights=None)
+    if name == "inception_v3":  # adaptive pooling: 224x224 inputs work (TF-slim feeds 299 or 224)
+        return torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    raise ValueError(f"unknown model {name!r}; expected one of {EXTRA_MODELS}")
 
 
 class InferenceWrapper(nn.Module):
@@ -106,6 +122,8 @@ def cpu_model() -> str | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depths", type=_depth, nargs="+", default=list(DEPTHS), help="ResNet depths (default: all five)")
+    parser.add_argument("--also", nargs="+", choices=EXTRA_MODELS, default=[],
+                        help="also time these (seed post 003's comparison: resnet_v2_152 vgg16 inception_v3)")
     parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[1, 32], help="default: 1 32")
     parser.add_argument("--image-size", type=_positive_int, default=224, help="height = width in pixels (default 224)")
     parser.add_argument("--repeats", type=_positive_int, default=None, help="timed passes (default: quick 5, full 100)")
@@ -173,10 +191,11 @@ def measure(args: argparse.Namespace, argv: list[str]) -> dict:
     print(f"device: {report['device']}   threads: {report['threads']}   image: {args.image_size}x{args.image_size}   "
           f"warm-up {args.warmup}, then {args.repeats} timed passes")  # fmt: skip
     print(f"{'model':>10} {'batch':>5} {'precision':>9} {'ms per batch':>20} {'fastest':>9} {'images/s':>10}")
-    for depth in args.depths:
+    for depth in [*args.depths, *args.also]:
         torch.manual_seed(0)
-        model = build_model(depth)
-        name = f"resnet{depth}"
+        model = build_model(depth) if isinstance(depth, int) else build_extra(depth)
+        name = f"resnet{depth}" if isinstance(depth, int) else depth
+        depth = depth if isinstance(depth, int) else None
         report["models"][name] = {
             "depth": depth,
             "params": models.count_parameters(model),
@@ -210,9 +229,28 @@ def measure(args: argparse.Namespace, argv: list[str]) -> dict:
             torch.cuda.empty_cache()
     report["load_average_after"] = results.load_average()
     report["elapsed_s"] = time.perf_counter() - started
+    if "resnet_v2_152" in args.also:
+        report["seed_post_003"] = seed_post_003_ratios(report["measurements"])
+        for line in report["seed_post_003"]["lines"]:
+            print(line)
     out = results.write_json(args.out or f"results/latency-{results.device_slug(device)}.json", report)
     print(f"written: {out} ({report['elapsed_s']:.0f} s)")
     return report
+
+
+def seed_post_003_ratios(measurements: list[dict]) -> dict:
+    """How much slower ResNet-v2-152 ran than VGG-16 and Inception-v3, per batch size and precision."""
+    mean = {(m["model"], m["batch_size"], m["precision"]): m["mean_ms"] for m in measurements}
+    ratios, lines = {}, []
+    for (model, batch, precision), ms in sorted(mean.items()):
+        if model != "resnet_v2_152":
+            continue
+        for other in ("vgg16", "inception_v3"):
+            if (other, batch, precision) in mean:
+                ratio = ms / mean[(other, batch, precision)]
+                ratios[f"{other}/batch{batch}/{precision}"] = ratio
+                lines.append(f"ResNet-v2-152 vs {other}, batch {batch}, {precision}: {ratio:.2f}x the time")
+    return {"ratios": ratios, "lines": lines}
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+
+from utils import files
 
 BEGIN = "<!-- results-summary: begin (written by benchmarks/summary.py; do not edit by hand) -->"
 END = "<!-- results-summary: end -->"
@@ -151,10 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{target}: the results summary matches {args.results}/")
         return 0
-    if updated != text:  # a temporary file, then a rename: never a half-written README
-        tmp = Path(target).with_name(f".{Path(target).name}.tmp")
-        tmp.write_text(updated)
-        os.replace(tmp, target)
+    if updated != text:  # atomically: never a half-written README
+        files.write_text(target, updated)
     print(f"{target}: results summary written")
     return 0
 

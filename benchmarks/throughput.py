@@ -5,7 +5,9 @@ Both ways train the same model on the same images with the same ``utils.train.fi
 * classic: what the seed posts and d2l do: a torchvision ``DataLoader`` over PIL images with
   ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``, in fp32;
 * fast: the whole uint8 dataset on the device, batched crop/flip there (``utils.data.BatchLoader``),
-  and on a GPU bf16 autocast and channels-last (optionally ``torch.compile``).
+  the channels-last memory layout (faster on GPUs and, measured here, on this course's 2-core CPU
+  too), and on a GPU mixed precision (``utils.train.default_precision``: bf16, or fp16 on a T4/V100);
+  with ``--compile``, also the fast path under ``torch.compile``, timed separately.
 
 Prints images/s for each, their ratio and, on a GPU, the model-FLOP utilisation (training
 FLOPs per image = 3x the forward FLOPs counted by ``utils.cost``; peak from the device's
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from utils import cost, data, models, results, train
+from utils.recipes import Recipe
 
 # Dense bf16 tensor-core peaks from the vendors' spec sheets (FLOP/s, no sparsity).
 PEAK_BF16_FLOPS = {
@@ -57,13 +60,15 @@ def build_model(name: str) -> torch.nn.Module:
     raise ValueError(f"unknown model {name!r}; expected resnet18 or resnet<6n+2> (e.g. resnet20, resnet56)")
 
 
-def timed_fit(model, loader, device, **options) -> float:
-    """Seconds for one epoch of ``fit`` (a short warm-up epoch on the same loader first)."""
-    train.fit(model, loader, epochs=1, device=device, progress=False, **options)  # warm-up: cudnn, compile, caches
+def timed_fit(model, loader, device, batch_size: int, **options) -> float:
+    """Seconds for one epoch of ``fit`` (a warm-up epoch on the same loader first)."""
+    recipe = Recipe(epochs=1, batch_size=batch_size, lr=0.05, schedule="constant")
+    model.to(device)
+    train.fit(model, loader, recipe=recipe, progress=False, **options)  # warm-up: cudnn, compile, caches
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    train.fit(model, loader, epochs=1, device=device, progress=False, **options)
+    train.fit(model, loader, recipe=recipe, progress=False, **options)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -75,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=None, help="images per timed epoch (default: 512 on CPU, 50000 on GPU)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers for the classic loop (default: min(4, cores))")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    parser.add_argument("--no-channels-last", action="store_true", help="the fast path without channels-last")
     parser.add_argument("--out", default=None, help="JSON file to write (default: results/throughput-<device>-<model>.json)")
     args = parser.parse_args(argv)
 
@@ -107,12 +113,19 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     fast_loader = data.BatchLoader(subset, args.batch_size, mean, std, shuffle=True, augment=True, device=device)
 
+    precision = train.default_precision(device)
+    channels_last = not args.no_channels_last
     train.set_seed(0)
-    classic_seconds = timed_fit(build_model(args.model), classic_loader, device, amp=False)
+    classic_seconds = timed_fit(build_model(args.model), classic_loader, device, args.batch_size, precision="fp32")
+    fast_options = {"precision": precision, "channels_last": channels_last}
     train.set_seed(0)
-    fast_seconds = timed_fit(
-        build_model(args.model), fast_loader, device, amp=on_gpu, channels_last=on_gpu, compile=args.compile
-    )
+    fast_seconds = timed_fit(build_model(args.model), fast_loader, device, args.batch_size, **fast_options)
+    compiled_seconds = None
+    if args.compile:
+        train.set_seed(0)
+        compiled_seconds = timed_fit(
+            build_model(args.model), fast_loader, device, args.batch_size, compile=True, **fast_options
+        )
 
     macs = cost.count_macs(build_model(args.model), (1, 3, 32, 32))
     train_flops_per_image = 3 * 2 * macs  # forward + backward (about twice the forward), 2 FLOPs per MAC
@@ -123,23 +136,31 @@ def main(argv: list[str] | None = None) -> dict:
         "classic": {"images_per_s": n_images / classic_seconds, "seconds": classic_seconds, "workers": workers,
                     "precision": "fp32"},
         "fast": {"images_per_s": n_images / fast_seconds, "seconds": fast_seconds,
-                 "precision": "bf16 autocast" if on_gpu else "fp32", "channels_last": on_gpu, "compile": args.compile},
+                 "precision": precision, "channels_last": channels_last, "compile": False},
         "speedup": classic_seconds / fast_seconds,
         "train_flops_per_image": train_flops_per_image,
         "data_source": train_set.source,
         "load_average_after": results.load_average(),
     }  # fmt: skip
+    if compiled_seconds is not None:
+        report["fast_compiled"] = report["fast"] | {
+            "images_per_s": n_images / compiled_seconds, "seconds": compiled_seconds, "compile": True
+        }
+        report["speedup_compiled"] = classic_seconds / compiled_seconds
     peak = peak_flops(report["device"]) if on_gpu else None
     if peak:
         report["peak_flops"] = peak
-        report["fast"]["mfu"] = report["fast"]["images_per_s"] * train_flops_per_image / peak
-        report["classic"]["mfu"] = report["classic"]["images_per_s"] * train_flops_per_image / peak
+        for way in ("classic", "fast", "fast_compiled"):
+            if way in report:
+                report[way]["mfu"] = report[way]["images_per_s"] * train_flops_per_image / peak
 
     print(f"device: {report['device']}   model: {args.model}   images: {n_images}   batch: {args.batch_size}")
-    for way in ("classic", "fast"):
+    for way in ("classic", "fast", "fast_compiled"):
+        if way not in report:
+            continue
         r = report[way]
         mfu = f"   MFU {100 * r['mfu']:.1f} %" if "mfu" in r else ""
-        print(f"{way:>8}: {r['images_per_s']:9.1f} images/s ({r['seconds']:.2f} s){mfu}")
+        print(f"{way:>13}: {r['images_per_s']:9.1f} images/s ({r['seconds']:.2f} s){mfu}")
     print(f" speedup: {report['speedup']:.2f}x")
     out = results.write_json(args.out or f"results/throughput-{results.device_slug(device)}-{args.model}.json", report)
     print(f"written: {out}")

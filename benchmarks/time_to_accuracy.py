@@ -1,8 +1,8 @@
 """Seconds for ResNet-18 to reach a target CIFAR-10 test accuracy (94 % by default) on this machine.
 
-Trains ``utils.models.resnet18(stem="cifar")`` with ``utils.train.RESNET18_CIFAR10_RECIPE`` (the
-recipe of chapter 4) on all 50,000 training images with the fast path (data on the device, bf16
-autocast and channels-last on a GPU), evaluates the test set after every epoch, and reports the
+Trains ``utils.models.resnet18(stem="cifar")`` with ``utils.recipes.RESNET18_CIFAR10`` (the
+recipe of chapter 4) on all 50,000 training images with the fast path (data on the device,
+channels-last, and on a GPU mixed precision by ``utils.train.default_precision``), evaluates the test set after every epoch, and reports the
 training seconds until the target was first reached. Writes the full history, the command, commit,
 device and versions to a JSON file. The seconds are those of ``fit``'s epochs, each with its
 evaluation pass (which a user of the recipe pays for too); data loading before the first epoch is
@@ -24,24 +24,31 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import time
 
 import numpy as np
 
-from utils import data, models, results, train
+from utils import data, models, recipes, results, train
 
 
 def main(argv: list[str] | None = None) -> dict:
-    recipe = train.RESNET18_CIFAR10_RECIPE
+    recipe = recipes.RESNET18_CIFAR10
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", type=float, default=0.94, help="accuracy to reach (on the set --eval-on names), in (0, 1]")
-    parser.add_argument("--epochs", type=int, default=recipe["epochs"])
-    parser.add_argument("--batch-size", type=int, default=recipe["batch_size"])
-    parser.add_argument("--lr", type=float, default=recipe["lr"])
-    parser.add_argument("--warmup-epochs", type=float, default=recipe["warmup_epochs"])
+    parser.add_argument("--epochs", type=int, default=recipe.epochs)
+    parser.add_argument("--batch-size", type=int, default=recipe.batch_size)
+    parser.add_argument("--lr", type=float, default=recipe.lr)
+    parser.add_argument("--warmup-epochs", type=float, default=recipe.warmup_epochs)
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop between epochs after about this long (the report says how far it got)")
     parser.add_argument("--train-images", type=int, default=None, help="use a class-balanced subset (smoke runs)")
     parser.add_argument("--test-images", type=int, default=None, help="evaluate on a class-balanced test subset (smoke runs)")
     parser.add_argument("--eval-on", choices=("test", "val"), default="test",
                         help="val: train on 90 %% of the training images and evaluate on the other 10 %% (choosing a recipe)")
+    parser.add_argument("--stop-at-target", action="store_true",
+                        help="stop training at the first epoch that reaches --target on the --eval-on set")
+    parser.add_argument("--then-test", action="store_true",
+                        help="with --eval-on val: evaluate the test set once, after the last epoch trained")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--allow-fallback", action="store_true", help="accept the offline digits fallback (smoke runs)")
@@ -49,6 +56,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if not 0 < args.target <= 1:
         parser.error(f"--target {args.target} must be in (0, 1]")
+    try:
+        recipe = recipe.replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                warmup_epochs=args.warmup_epochs)  # fmt: skip
+    except ValueError as err:
+        parser.error(str(err))
+    if args.then_test and args.eval_on != "val":
+        parser.error("--then-test needs --eval-on val (the epoch is chosen on the validation split)")
     if args.eval_on == "val" and args.test_images:
         parser.error("--test-images applies to --eval-on test; with --eval-on val the validation set is 10 % of the training images")
 
@@ -70,13 +84,20 @@ def main(argv: list[str] | None = None) -> dict:
     metric = f"{args.eval_on}_acc"
 
     train.set_seed(args.seed)
-    train_loader, evals = data.make_loaders(train_set, {args.eval_on: eval_set}, args.batch_size, device=device, seed=args.seed)
-    model = models.resnet18(num_classes=len(train_set.classes), stem="cifar")
-    options = {k: v for k, v in recipe.items() if k not in ("batch_size", "epochs", "lr", "warmup_epochs")}
+    train_loader, evals = data.make_loaders(
+        train_set, {args.eval_on: eval_set}, recipe.batch_size, device=device, seed=args.seed
+    )
+    model = models.resnet18(num_classes=len(train_set.classes), stem="cifar").to(device)
+    deadline = None if args.max_minutes is None else time.monotonic() + 60 * args.max_minutes
+    def reached_target(history) -> bool:
+        return args.stop_at_target and history[metric][-1] >= args.target
+
     history = train.fit(
-        model, train_loader, evals, epochs=args.epochs, lr=args.lr, warmup_epochs=args.warmup_epochs, device=device,
-        channels_last=device.type == "cuda", compile=args.compile, **options,
-    )  # fmt: skip
+        model, train_loader, evals, recipe=recipe, channels_last=True, compile=args.compile,
+        deadline=deadline, on_epoch=reached_target, progress=True,
+    )
+    if not history["epoch"]:
+        sys.exit("time_to_accuracy: not one epoch fitted in --max-minutes")
 
     elapsed = list(itertools.accumulate(history["seconds"]))
     reached = [i for i, acc in enumerate(history[metric]) if acc >= args.target]
@@ -89,20 +110,29 @@ def main(argv: list[str] | None = None) -> dict:
         f"best_{metric}": float(np.max(history[metric])),
         f"final_{metric}": history[metric][-1],
         "total_seconds": elapsed[-1],
-        "recipe": recipe | {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                            "warmup_epochs": args.warmup_epochs},
+        "recipe": recipe.as_dict(),
+        "precision": train.default_precision(device),
+        "epochs_completed": len(history["epoch"]),
         "train_images": len(train_set),
         f"{args.eval_on}_images": len(eval_set),
         "data_source": train_set.source,
         "history": history,
         "load_average_after": results.load_average(),
     }
+    if args.then_test:  # the test set, once, for the epoch chosen on the validation split
+        test_set = data.load_cifar10("test")
+        test_loader = data.BatchLoader(test_set, 512, *data.channel_stats(train_set), device=device)
+        report["test_loss_once"], report["test_acc_once"] = train.evaluate(model, test_loader)
+        report["test_images"] = len(test_set)
+        print(f"test accuracy, measured once after epoch {len(history['epoch'])}: {report['test_acc_once']:.2%}")
     if reached:
         print(f"reached {args.target:.1%} {args.eval_on} accuracy after {report['seconds_to_target']:.1f} s (epoch {reached[0] + 1})")
     else:
         print(f"did not reach {args.target:.1%}: best {args.eval_on} accuracy {report[f'best_{metric}']:.2%} in {elapsed[-1]:.1f} s")
     slug = results.device_slug(device)
     default_out = f"results/time-to-accuracy-{slug}.json" if args.eval_on == "test" else f"results/recipe-val-{slug}.json"
+    if args.then_test:
+        default_out = f"results/time-to-accuracy-{slug}-val.json"
     out = results.write_json(args.out or default_out, report)
     print(f"written: {out}")
     return report

@@ -15,36 +15,47 @@ How a notebook is graded. The grader never runs the submitted notebook itself. F
 chapter it assembles a graded notebook from the instructor's reference chapter (``--reference``,
 default ``book/``): every cell comes from the reference, check cells included, except the solution
 cells, whose source is the student's cell with the same exercise tag (``ex-N-k``; the same cell id
-as a fallback). That notebook runs in a temporary folder under
-``pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=CELL_TIMEOUT`` in quick mode. An
+as a fallback), and the wrong-answer cells, which are left out. That notebook runs in a temporary
+folder under ``pytest --nbval-lax --nbval-current-env`` in quick mode. An
 exercise passes iff its check cell(s) pass. Editing or deleting a check cell changes nothing; an
 answer with a syntax error, an exception or an endless loop fails its exercise and grading goes on
 with the next cell; a missing answer or a file that is not a notebook is reported.
 
-nbval runs every cell of a notebook in one kernel and keeps going after a failing cell. After a
-timeout it interrupts the kernel and marks every later cell "xfail"; this script's pytest hooks
-(loaded into that pytest run with ``-p grade``) undo that so later cells are graded normally, and
-record each cell's result. The grader watches those records: it interrupts an answer or check cell
-after ``--answer-timeout`` seconds (shorter than the chapter cells' limit), and stops a run whose
-cell ignores the interrupt. If an answer kills the kernel or ignores the interrupt, the notebook is
-graded again with that answer removed, so it costs only its own exercise.
+nbval runs every cell of a notebook in one kernel and keeps going after a failing cell. The grader
+watches the run through public interfaces only: its own IPython startup file in the kernels' profile
+records the kernel's pid and, through IPython's ``pre_run_cell`` / ``post_run_cell`` events, when each
+cell starts and how it ends (the exception's name and value); a small pytest plugin
+(``scripts/grade_plugin.py``) records nbval's verdict on each cell. The grader interrupts (SIGINT) an
+answer or check cell after ``--answer-timeout`` seconds and any other cell after ``--cell-timeout``,
+so nbval's own timeout is only a far-off backstop; it stops a run whose cell ignores the interrupt
+or whose kernel is gone (its pid no longer exists). If an answer kills the kernel or ignores the
+interrupt, the notebook is graded again with that answer removed, so it costs only its own exercise.
+
+Answers that could fake a passing check are flagged in the report with their lines: those that reach
+into the kernel or the interpreter (``get_ipython``, ``builtins``, ``sys.modules``, exits, nbval
+markers) and those that patch what the checks rely on (an assignment to an attribute of an imported
+module or class, such as ``torch.allclose = ...``, or ``setattr`` on one).
 
 Written to ``--out`` (never into the submissions folder): ``grades.csv`` (one row per student and
 exercise), ``totals.csv`` (one row per student), ``grades.md`` (both as tables, plus problems with
 files), ``junit/<student>__<chapter>.xml`` (pytest's JUnit XML, one test case per cell; ``.pass2.xml`` and
 so on for the passes after an answer stopped the kernel; the grader writes the report itself for a
 run that pytest did not finish) and
-``logs/<student>__<chapter>.log`` (pytest's output with full tracebacks).
+``logs/<student>__<chapter>.log`` (pytest's output with full tracebacks). Reports are written
+atomically (``utils.files.atomic_write``).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import builtins
 import copy
 import csv
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -59,7 +70,11 @@ from xml.etree import ElementTree
 
 import nbformat
 
-import notebook_tags as tags  # the scripts folder is on sys.path: this script's own folder
+if __package__ in (None, ""):  # run as `python scripts/grade.py`: make the `scripts` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts import notebook_tags as tags  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
@@ -69,103 +84,264 @@ DEFAULT_CELL_TIMEOUT = 900
 # hour; the slowest answer in the course (exercise 8.1 trains two small models) takes seconds to two
 # minutes in quick mode, depending on how busy the machine is.
 DEFAULT_ANSWER_TIMEOUT = 300
-# nbval waits 5 s for output after interrupting a timed-out cell; beyond this grace the grader
-# assumes the cell ignores interrupts (nbval may then never return) and stops the run.
+# Beyond a cell's limit plus this grace the grader assumes the cell ignores the interrupt and stops
+# the run; a kernel whose pid has gone for this long between cells also stops it.
 WATCHDOG_GRACE = 30
+# nbval's own timeout is the cell timeout plus the grace plus this: a backstop that the watchdog always
+# beats, so nbval never reaches a timeout of its own (after one it would mark later cells xfail).
+NBVAL_BACKSTOP = 600
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# Answers that reach into the kernel or the interpreter could fake a passing check: flag them for a
-# human to read (they are still graded).
-SUSPICIOUS = re.compile(
-    r"get_ipython|__builtins__|\bbuiltins\b|sys\.modules|input_transformers|ast_transformers|"
-    r"os\._exit|sys\.exit|sys\.settrace|NBVAL_"
-)
 KERNEL_START_FAILED = "the kernel did not start: "
 KERNEL_START_ATTEMPTS = 3  # concurrent kernels can race for the same TCP ports: try again
 QUARANTINE = 'raise RuntimeError("answer not run again by the grader: it stopped the kernel in an earlier pass")'
 
 
 # ---------------------------------------------------------------------------------------------
-# pytest plugin: loaded into the nbval run with `-p grade --grade-results FILE`. One JSON line per
-# event, appended and flushed at once, so that the grader can watch progress and keep partial
-# results when it has to stop the run.
+# Inside the kernel: an IPython startup file in the grading kernels' own profile (public IPython
+# API). It records the kernel's pid, then when each graded cell starts and how it ends, one JSON
+# line per event, appended and flushed at once, so that the grader can watch progress and keep
+# partial results when it has to stop the run. The grader appends a last line to every code cell,
+# a comment naming the cell's number and a token of this run (cells nbval skips, or code nbval
+# runs by itself, cannot shift the count); the events file comes from the environment.
 # ---------------------------------------------------------------------------------------------
 
+EVENTS_VARIABLE = "GRADE_KERNEL_EVENTS"
+TOKEN_VARIABLE = "GRADE_CELL_TOKEN"
+KERNEL_STARTUP = '''\
+# Written by scripts/grade.py into the grading kernels' IPython profile; not part of the course.
+def _grade_py_install():
+    import json
+    import os
+    import re
+    import time
 
-def pytest_addoption(parser):
-    parser.addoption("--grade-results", default=None, help="scripts/grade.py: write per-cell results (JSON lines) here")
+    path, token = os.environ.get("GRADE_KERNEL_EVENTS"), os.environ.get("GRADE_CELL_TOKEN")
+    if not path or not token:
+        return
+    marker = re.compile(r"^# grade\\.py: cell (\\d+) " + re.escape(token) + r"$", re.MULTILINE)
 
-
-def _record(config, **event) -> None:
-    path = config.getoption("grade_results", None)
-    if path:
+    def write(**event):
         with open(path, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(event) + "\n")
+            stream.write(json.dumps(event) + "\\n")
 
+    def number(raw_cell):
+        found = marker.findall(raw_cell or "")
+        return int(found[-1]) if found else None
 
-def _kernel_pid(item) -> int | None:
-    kernel = getattr(item.parent, "kernel", None)
-    process = getattr(getattr(getattr(kernel, "km", None), "provisioner", None), "process", None)
-    return getattr(process, "pid", None)
+    def started(info):
+        cell = number(info.raw_cell)
+        if cell is not None:
+            write(event="start", cell=cell, time=time.time())
 
-
-def _failure_message(item, excinfo) -> tuple[str, str]:
-    """(first line of the failure, kind): kind is "" or "stopped" (nbval stopped the kernel in this
-    cell) or "dead" (the kernel was already gone when this cell started)."""
-    timeout = item.config.getoption("nbval_cell_timeout", None)
-    text = ANSI.sub("", str(excinfo.value)).strip()
-    first = text.splitlines()[0] if text else type(excinfo.value).__name__
-    if "Kernel dead" in first:
-        return "not run: the kernel had stopped in an earlier cell", "dead"
-    if "Failed to interrupt kernel" in first or "waiting for output" in first:
-        why = "an endless loop that ignores it, or a dead kernel"
-        return f"no result after {timeout:g} s, even after an interrupt ({why})", "stopped"
-    if excinfo.typename == "Skipped":
-        return "skipped", ""
-    errors = [o for o in (getattr(item, "test_outputs", None) or []) if o.get("output_type") == "error"]
-    if errors:
-        ename = str(errors[-1].get("ename", "Error"))
-        evalue = ANSI.sub("", str(errors[-1].get("evalue", ""))).strip()
-        if ename == "KeyboardInterrupt" and first.startswith("Timeout"):
-            return f"timed out after {timeout:g} s (endless loop?)", ""
-        line = evalue.splitlines()[0].strip() if evalue else ""
-        # IPython names a cell after a temporary file, e.g. "(3591466789.py, line 2)"; keep the line.
-        line = re.sub(r"\((?:[^()]*[\\/])?\d+\.py, line (\d+)\)", r"(line \1)", line)
-        return (f"{ename}: {line}" if line else ename), ""
-    return first, ""
-
-
-try:  # the hooks need pytest; the grader itself does not import it
-    import pytest
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_setup(item):
-        if not hasattr(item, "cell_num"):
+    def finished(result):
+        cell = number(result.info.raw_cell)
+        if cell is None:
             return
-        # nbval marks every cell after a timeout as xfail ("expected to fail"), which hides whether
-        # a later check passed; the kernel was interrupted and is usable, so grade normally.
-        if getattr(item.parent, "timed_out", False):
-            item.parent.timed_out = False
-        _record(item.config, event="start", cell=item.cell_num, time=time.time())
+        error = result.error_before_exec or result.error_in_exec
+        if error is None:
+            write(event="result", cell=cell, passed=True)
+        else:
+            try:
+                value = str(error)
+            except Exception:  # an exception whose __str__ fails still fails its cell
+                value = ""
+            write(event="result", cell=cell, passed=False, ename=type(error).__name__, evalue=value)
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(item, call):
-        report = yield
-        if hasattr(item, "cell_num") and (call.when == "call" or (call.when == "setup" and call.excinfo)):
-            pid = _kernel_pid(item)
-            if pid and getattr(item.parent, "_graded_kernel", None) != pid:
-                item.parent._graded_kernel = pid
-                _record(item.config, event="kernel", pid=pid)
-            if call.excinfo is None:
-                _record(item.config, event="result", cell=item.cell_num, passed=True, message="", kind="")
-            else:
-                message, kind = _failure_message(item, call.excinfo)
-                if call.when == "setup":
-                    message, kind = KERNEL_START_FAILED + message, "stopped"
-                _record(item.config, event="result", cell=item.cell_num, passed=False, message=message, kind=kind)
-        return report
+    shell = get_ipython()  # noqa: F821 (IPython runs startup files in the user namespace)
+    shell.events.register("pre_run_cell", started)
+    shell.events.register("post_run_cell", finished)
+    write(event="kernel", pid=os.getpid())
 
-except ImportError:  # pragma: no cover
-    pass
+
+_grade_py_install()
+del _grade_py_install
+'''
+
+
+def cell_marker(number: int, token: str) -> str:
+    """The last line the grader appends to code cell ``number`` (see KERNEL_STARTUP)."""
+    return f"# grade.py: cell {number} {token}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers that could fake a passing check: flagged for a human to read (they are still graded)
+# ---------------------------------------------------------------------------------------------
+
+# Names that reach into the kernel or the interpreter, wherever an answer uses them.
+KERNEL_NAMES = {
+    "get_ipython": "get_ipython", "__builtins__": "builtins", "builtins": "builtins",
+    "__import__": "__import__", "exec": "exec", "eval": "eval", "exit": "exit", "quit": "quit",
+}  # fmt: skip
+KERNEL_ATTRIBUTES = {
+    "sys.modules": "sys.modules", "os._exit": "os._exit", "sys.exit": "sys.exit",
+    "sys.settrace": "sys.settrace", "sys.setprofile": "sys.setprofile",
+}  # fmt: skip
+KERNEL_ATTRIBUTE_NAMES = {
+    "input_transformers_cleanup": "input_transformers", "input_transformers_post": "input_transformers",
+    "ast_transformers": "ast_transformers", "__setattr__": "__setattr__", "__dict__": "__dict__",
+}  # fmt: skip
+# A comment nbval obeys (NBVAL_SKIP, NBVAL_RAISES_EXCEPTION, ...): never needed in an answer.
+NBVAL_MARKER = re.compile(r"^\s*#\s*NBVAL_\w*", re.MULTILINE)
+# When an answer is not Python (a syntax error), its text is searched for the same names.
+SUSPICIOUS_TEXT = re.compile(
+    r"get_ipython|__builtins__|\bbuiltins\b|sys\.modules|input_transformers|ast_transformers|"
+    r"os\._exit|sys\.exit|sys\.settrace|__import__|\bsetattr\b"
+)
+
+
+def _python(source: str) -> str:
+    """A cell's source as Python (IPython magics and shell escapes become calls, lines kept)."""
+    from IPython.core.inputtransformer2 import TransformerManager  # nbval's kernels need IPython anyway
+
+    return TransformerManager().transform_cell(source)
+
+
+def _parse(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(_python(source))
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _dotted(node) -> str | None:
+    """``torch.nn.Module`` for an attribute chain on a plain name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+def _root(node):
+    """The expression under attributes and subscripts: ``torch`` for ``torch.nn.__dict__["x"]``."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node
+
+
+def imported_names(tree: ast.Module | None, known: set[str] = frozenset()) -> tuple[set[str], set[str]]:
+    """(names bound to modules or imported objects, names of classes defined) in a parsed cell.
+
+    A plain alias of either, or of a ``known`` name (``F = torch.nn.functional``), counts as the same."""
+    imported, classes = set(), set()
+    if tree is None:
+        return imported, classes
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name != "*":
+                    imported.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.ClassDef):
+            classes.add(node.name)
+    for node in ast.walk(tree):  # aliases, after every import is known
+        if isinstance(node, ast.Assign) and isinstance(_root(node.value), ast.Name):
+            if _root(node.value).id in imported | classes | known:
+                imported.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return imported, classes
+
+
+def protected_names(nb) -> set[str]:
+    """What an answer in this reference chapter must not patch: everything the chapter imports, the
+    classes it defines and Python's built-ins (their attributes are what the checks call)."""
+    names = set(dir(builtins))
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            imported, classes = imported_names(_parse(cell.source))
+            names |= imported | classes
+    return names
+
+
+def suspicious_lines(source: str, protected: set[str]) -> list[tuple[int, str, str]]:
+    """[(line number, what it does, e.g. "patches torch.allclose" or "uses get_ipython", line)] of an
+    answer, in line order. The answer's own imports count as protected; its own classes do not."""
+    lines = source.splitlines()
+    found: dict[tuple[int, str], None] = {}
+
+    def flag(line: int, what: str) -> None:
+        if 1 <= line <= len(lines):
+            found.setdefault((line, what), None)
+
+    for match in NBVAL_MARKER.finditer(source):
+        flag(source.count("\n", 0, match.start()) + 1, "uses NBVAL_")
+    tree = _parse(source)
+    if tree is None:  # not Python: the kernel reports the syntax error; still show what it names
+        for number, line in enumerate(lines, start=1):
+            for name in sorted(set(SUSPICIOUS_TEXT.findall(line))):
+                flag(number, f"uses {name}")
+        return [(line, what, lines[line - 1].strip()) for line, what in sorted(found)]
+
+    own_imports, _ = imported_names(tree, protected)
+    guarded = protected | own_imports
+
+    def patched(target) -> str | None:
+        """What an assignment target (or deletion) changes when that is a protected object."""
+        if isinstance(target, ast.Attribute):
+            dotted = _dotted(target)
+            root = _root(target)
+            if dotted and dotted.split(".")[0] in guarded:
+                return dotted
+            if not isinstance(root, ast.Name):  # __import__("torch").allclose = ..., type(x).f = ...
+                return ast.unparse(target)
+        elif isinstance(target, ast.Subscript):  # torch.__dict__["allclose"] = ..., vars(torch)[...]
+            root = _root(target)
+            if isinstance(root, ast.Name) and root.id in guarded and isinstance(target.value, ast.Attribute):
+                return ast.unparse(target)
+            if isinstance(root, ast.Call):
+                return ast.unparse(target)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for element in target.elts:
+                what = patched(element)
+                if what:
+                    return what
+        elif isinstance(target, ast.Starred):
+            return patched(target.value)
+        return None
+
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        # Magic lines become get_ipython() calls: only a get_ipython the student wrote counts.
+        if isinstance(node, ast.Name) and node.id in KERNEL_NAMES:
+            if 1 <= line <= len(lines) and node.id in lines[line - 1]:
+                flag(line, f"uses {KERNEL_NAMES[node.id]}")
+        elif isinstance(node, ast.Attribute):
+            dotted = _dotted(node)
+            if dotted in KERNEL_ATTRIBUTES:
+                flag(line, f"uses {KERNEL_ATTRIBUTES[dotted]}")
+            if node.attr in KERNEL_ATTRIBUTE_NAMES:
+                flag(line, f"uses {KERNEL_ATTRIBUTE_NAMES[node.attr]}")
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete, ast.For, ast.AsyncFor)):
+            targets = {
+                ast.Assign: lambda n: n.targets, ast.Delete: lambda n: n.targets,
+                ast.For: lambda n: [n.target], ast.AsyncFor: lambda n: [n.target],
+            }.get(type(node), lambda n: [n.target])(node)  # fmt: skip
+            for target in targets:
+                what = patched(target)
+                if what:
+                    flag(line, f"patches {what}")
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            what = patched(node.optional_vars)
+            if what:
+                flag(node.optional_vars.lineno, f"patches {what}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr"):
+            if node.args:
+                first = node.args[0]
+                root = _root(first)
+                if not isinstance(root, ast.Name) or root.id in guarded:
+                    flag(line, f"patches {ast.unparse(first)} ({node.func.id})")
+    return [(line, what, lines[line - 1].strip()) for line, what in sorted(found)]
+
+
+def describe_suspicious(findings: list[tuple[int, str, str]]) -> str:
+    """One note for a flagged answer: what it does, with each offending line."""
+    whats = list(dict.fromkeys(what for _, what, _ in findings))
+    uses = [w.removeprefix("uses ") for w in whats if w.startswith("uses ")]
+    patches = [w.removeprefix("patches ") for w in whats if w.startswith("patches ")]
+    parts = ([f"uses {', '.join(uses)}"] if uses else []) + ([f"patches {', '.join(patches)}"] if patches else [])
+    shown = list(dict.fromkeys((line, text) for line, _, text in findings))
+    where = "; ".join(f"line {line}: `{text[:120]}`" for line, text in shown)
+    return f"answer {' and '.join(parts)} ({where}): read it before trusting the result"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,18 +353,19 @@ except ImportError:  # pragma: no cover
 class Chapter:
     name: str  # file stem, e.g. "05_bottleneck"
     path: Path
-    nb: object
+    nb: object  # without its wrong-answer cells: they are never graded nor run
     exercises: list[tags.Exercise]
+    protected: set[str] = field(default_factory=set)  # names an answer must not patch
 
 
 def load_chapters(reference: Path) -> dict[str, Chapter]:
     """The reference chapters that have code exercises, by name."""
     chapters = {}
     for path in tags.chapter_notebooks(reference):
-        nb = tags.read_notebook(path)
+        nb = tags.without_wrong_answers(tags.read_notebook(path))
         exercises = tags.find_exercises(nb)
         if exercises:
-            chapters[path.stem] = Chapter(path.stem, path, nb, exercises)
+            chapters[path.stem] = Chapter(path.stem, path, nb, exercises, protected_names(nb))
     return chapters
 
 
@@ -380,10 +557,9 @@ def assemble(chapter: Chapter, student_nb, quarantined: set[int]) -> Plan:
                 source = QUARANTINE
             elif index in answers:
                 source = answers[index]
-                suspicious = sorted(set(SUSPICIOUS.findall(source)))
-                if suspicious:
-                    uses = ", ".join(suspicious)
-                    plan.flagged[exercise.tag] = f"answer uses {uses}: read it before trusting the result"
+                findings = suspicious_lines(source, chapter.protected)
+                if findings:
+                    plan.flagged[exercise.tag] = describe_suspicious(findings)
             else:
                 plan.missing.add(exercise.tag)
                 source = f'raise NotImplementedError("no answer to exercise {exercise.label} in the submission")'
@@ -398,7 +574,7 @@ def assemble(chapter: Chapter, student_nb, quarantined: set[int]) -> Plan:
 
 @dataclass
 class Options:
-    cell_timeout: float  # every cell (nbval's --nbval-cell-timeout)
+    cell_timeout: float  # every cell (the grader interrupts the kernel; nbval's timeout is far beyond)
     answer_timeout: float  # answer and check cells (the grader interrupts the kernel)
     watchdog_grace: float
     out: Path
@@ -422,6 +598,30 @@ def _read_events(path: Path) -> list[dict]:
     return events
 
 
+def _kernel_pid(events: list[dict]) -> int | None:
+    pids = [e["pid"] for e in events if e.get("event") == "kernel"]
+    return pids[-1] if pids else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs. A kernel that exited stays a zombie until the pytest run
+    that started it reaps it: that counts as gone."""
+    try:
+        import psutil  # a dependency of ipykernel
+    except ImportError:  # pragma: no cover
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _stop(process: subprocess.Popen, kernel_pids: set[int]) -> None:
     """Stop a stuck pytest run: ask politely (its teardown stops the kernel), then kill."""
     for sig, wait in ((signal.SIGINT, 15), (signal.SIGKILL, 5)):
@@ -442,22 +642,34 @@ def _stop(process: subprocess.Popen, kernel_pids: set[int]) -> None:
             pass
 
 
+@dataclass
+class RunFiles:
+    """What one nbval run writes besides its notebook: the kernel's events and nbval's verdicts."""
+
+    kernel_events: Path
+    verdicts: Path
+
+
 # Runs in progress, so that an interrupted grader (Ctrl-C, SIGTERM) can stop them: each runs in a
 # session of its own (so that it can be stopped without stopping the grader) and would outlive it.
-_RUNNING: dict[subprocess.Popen, Path] = {}
+_RUNNING: dict[subprocess.Popen, RunFiles] = {}
 _STOPPING = threading.Event()
 
 
 def stop_all_runs() -> None:
     _STOPPING.set()
-    for process, results in list(_RUNNING.items()):
-        _stop(process, {e["pid"] for e in _read_events(results) if e.get("event") == "kernel"})
+    for process, files in list(_RUNNING.items()):
+        pid = _kernel_pid(_read_events(files.kernel_events))
+        _stop(process, {pid} if pid else set())
 
 
 def run_nbval(
     plan: Plan, run_dir: Path, name: str, options: Options, log, junit_name: str | None = None
 ) -> dict[int, dict]:
-    """Run the plan's notebook under nbval; {code cell number: result event}."""
+    """Run the plan's notebook under nbval; {code cell number: result}.
+
+    A result is ``{"cell", "passed", "message", "kind"}``; kind is "" or "stopped" (the kernel died
+    in this cell, or the grader stopped the run in it) or "dead" (not run: the kernel was gone)."""
     for attempt in range(KERNEL_START_ATTEMPTS):
         outcome = _run_once(plan, run_dir, name, options, log, junit_name)
         first = outcome.get(0, {})
@@ -469,33 +681,51 @@ def run_nbval(
     return outcome
 
 
+def marked_notebook(nb, token: str):
+    """A copy of ``nb`` whose code cells end with their number (see KERNEL_STARTUP)."""
+    marked = copy.deepcopy(nb)
+    number = 0
+    for cell in marked.cells:
+        if cell.cell_type == "code":
+            separator = "\n" if cell.source and not cell.source.endswith("\n") else ""
+            cell.source = f"{cell.source}{separator}{cell_marker(number, token)}"
+            number += 1
+    return marked
+
+
 def _run_once(plan: Plan, run_dir: Path, name: str, options: Options, log, junit_name: str | None) -> dict[int, dict]:
     if _STOPPING.is_set():
         return {}
     run_dir.mkdir(parents=True, exist_ok=True)
     notebook = run_dir / f"{name}.ipynb"
-    nbformat.write(plan.nb, str(notebook))
-    results = run_dir / "results.jsonl"
-    results.unlink(missing_ok=True)
+    token = secrets.token_hex(8)
+    nbformat.write(marked_notebook(plan.nb, token), str(notebook))
+    files = RunFiles(run_dir / "kernel-events.jsonl", run_dir / "nbval-verdicts.jsonl")
+    for path in (files.kernel_events, files.verdicts):
+        path.unlink(missing_ok=True)
     (run_dir / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")  # ignore any outer config
     junit = options.out / "junit" / f"{junit_name or name}.xml"
+    backstop = options.cell_timeout + options.watchdog_grace + NBVAL_BACKSTOP
     command = [
         sys.executable, "-m", "pytest", notebook.name,
-        "-c", "pytest.ini", "--rootdir", ".", "-p", "no:cacheprovider", "-p", "grade",
+        "-c", "pytest.ini", "--rootdir", ".", "-p", "no:cacheprovider",
+        "-p", "scripts.grade_plugin", "--grade-results", str(files.verdicts),
         "--nbval-kernel-startup-timeout=180",  # a busy machine can take a minute to start a kernel
-        "--grade-results", str(results), "--nbval-lax", "--nbval-current-env",
-        f"--nbval-cell-timeout={options.cell_timeout:g}", f"--junitxml={junit}", "--color=no", "-q",
+        "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={backstop:g}",
+        f"--junitxml={junit}", "--color=no", "-q",
     ]  # fmt: skip
+    env = dict(options.env, **{EVENTS_VARIABLE: str(files.kernel_events), TOKEN_VARIABLE: token})
     process = subprocess.Popen(
-        command, cwd=run_dir, env=options.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    _RUNNING[process] = results
+    _RUNNING[process] = files
     try:
-        outcome = _watch(process, results, plan, options)
+        watch = _watch(process, files, plan, options)
     finally:
         _RUNNING.pop(process, None)
-    # pytest exits with 0 or 1 when it ran every cell. Stopped by the grader, or broken by a dead kernel,
-    # it writes no report or one that lacks the cell that stopped it: the grader's own events say more.
+    outcome = _outcome(_read_events(files.kernel_events), _read_events(files.verdicts), watch, len(plan.code_cells))
+    # pytest exits with 0 or 1 when it ran every cell. Stopped by the grader it writes no report, or one
+    # that lacks the cell that stopped it: the grader's own record says more.
     if process.returncode not in (0, 1) or not junit.exists():
         write_junit(junit, notebook.name, outcome)
     return outcome
@@ -504,9 +734,7 @@ def _run_once(plan: Plan, run_dir: Path, name: str, options: Options, log, junit
 def write_junit(path: Path, notebook_name: str, outcome: dict[int, dict]) -> None:
     """A JUnit XML report of a run that pytest could not report in full: one test case per cell that ran.
 
-    Cells are named as nbval names them ("Cell 4"), so both kinds of report read the same.
-    Written to a temporary file, then renamed.
-    """
+    Cells are named as nbval names them ("Cell 4"), so both kinds of report read the same."""
     failures = sum(not r["passed"] for r in outcome.values())
     suites = ElementTree.Element("testsuites", name="grade.py")
     suite = ElementTree.SubElement(
@@ -519,65 +747,150 @@ def write_junit(path: Path, notebook_name: str, outcome: dict[int, dict]) -> Non
         if not outcome[cell]["passed"]:
             failure = ElementTree.SubElement(case, "failure", message=outcome[cell]["message"])
             failure.text = outcome[cell]["message"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    ElementTree.ElementTree(suites).write(tmp, encoding="utf-8", xml_declaration=True)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as stream:
+        ElementTree.ElementTree(suites).write(stream, encoding="utf-8", xml_declaration=True)
 
 
-def _watch(process: subprocess.Popen, results: Path, plan: Plan, options: Options) -> dict[int, dict]:
-    """Wait for a run, enforcing the answer timeout; {code cell number: result event}."""
+@dataclass
+class Watch:
+    """What the grader did to a run, and what it saw."""
+
+    interrupted: dict[int, float] = field(default_factory=dict)  # cell -> the limit it ran past
+    stuck: tuple[int, str] | None = None  # the cell the run was stopped in, and why
+    gone_between_cells: bool = False  # the kernel disappeared while no cell was running
+
+
+def _watch(process: subprocess.Popen, files: RunFiles, plan: Plan, options: Options) -> Watch:
+    """Wait for a run, enforcing the timeouts and stopping it when its kernel is gone."""
     answer_limit = min(options.answer_timeout, options.cell_timeout)
-    stuck: tuple[int, str] | None = None
-    interrupted: set[int] = set()
+    watch = Watch()
+    gone_since = None
     while process.poll() is None:
         time.sleep(0.5)
-        events = _read_events(results)
-        started = [e for e in events if e.get("event") == "start"]
-        finished = {e["cell"] for e in events if e.get("event") == "result"}
-        if not started or started[-1]["cell"] in finished:
+        events = _read_events(files.kernel_events)
+        pid = _kernel_pid(events)
+        if pid is None:
+            continue  # the kernel is still starting (nbval's startup timeout covers it)
+        alive = _alive(pid)
+        if not alive:
+            events = _read_events(files.kernel_events)  # the cell may have finished just before the kernel went
+        starts = [e for e in events if e.get("event") == "start"]
+        results = [e for e in events if e.get("event") == "result"]
+        finished = {e["cell"] for e in results}
+        running = starts[-1] if starts and starts[-1]["cell"] not in finished else None
+        now = time.time()
+        if running is None:
+            # Between cells (or in nbval's teardown, which stops the kernel and exits at once).
+            if alive:
+                gone_since = None
+                last = max((e["time"] for e in starts), default=now)
+                if len(finished) < len(plan.code_cells) and now - last > options.cell_timeout + options.watchdog_grace:
+                    _stop(process, {pid})  # nbval sent no cell for longer than any cell may take
+                    watch.stuck = (max(finished, default=-1) + 1, "not run: the kernel never started this cell")
+                continue
+            gone_since = gone_since or now
+            if now - gone_since > options.watchdog_grace:
+                _stop(process, {pid})
+                watch.gone_between_cells = True
             continue
-        cell, elapsed = started[-1]["cell"], time.time() - started[-1]["time"]
-        pids = {e["pid"] for e in events if e.get("event") == "kernel"}
+        cell, elapsed = running["cell"], now - running["time"]
         limit = answer_limit if cell in plan.answer_cells else options.cell_timeout
-        if limit < options.cell_timeout and elapsed > limit and cell not in interrupted:
-            # What nbval does at its own timeout: interrupt the kernel (KeyboardInterrupt in the cell).
-            interrupted.add(cell)
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGINT)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        if elapsed > limit + options.watchdog_grace:
-            _stop(process, pids)
-            message = (
-                f"no result after {limit:g} s, even after an interrupt (an endless loop that ignores it, "
-                "or a dead kernel); the grader stopped the run"
+        if not alive:
+            _stop(process, {pid})
+            watch.stuck = (cell, "the kernel died in this cell (os._exit, a crash or too little memory?)")
+        elif elapsed > limit + options.watchdog_grace:
+            _stop(process, {pid})
+            watch.stuck = (
+                cell,
+                f"no result after {limit:g} s, even after an interrupt (an endless loop that ignores it); "
+                "the grader stopped the run",
             )
-            stuck = (cell, message)
-    events = _read_events(results)
-    outcome = {e["cell"]: e for e in events if e.get("event") == "result"}
-    for cell in interrupted:
-        if cell in outcome and outcome[cell]["message"] == "KeyboardInterrupt":
-            outcome[cell]["message"] = f"timed out after {answer_limit:g} s (endless loop?)"
-    if stuck is not None:
-        outcome[stuck[0]] = {"cell": stuck[0], "passed": False, "message": stuck[1], "kind": "stopped"}
+        elif elapsed > limit and cell not in watch.interrupted:
+            watch.interrupted[cell] = limit  # a KeyboardInterrupt in the cell, as at nbval's own timeout
+            try:
+                os.kill(pid, signal.SIGINT)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return watch
+
+
+def error_line(ename: str, evalue: str) -> str:
+    """``"ValueError: oops"``: an exception's name and the first line of its value."""
+    text = ANSI.sub("", evalue or "").strip()
+    line = text.splitlines()[0].strip() if text else ""
+    # IPython names a cell after a temporary file, e.g. "(3591466789.py, line 2)"; keep the line.
+    line = re.sub(r"\((?:[^()]*[\\/])?\d+\.py, line (\d+)\)", r"(line \1)", line)
+    return f"{ename}: {line}" if line else ename
+
+
+def _outcome(kernel_events: list[dict], verdicts: list[dict], watch: Watch, cells: int) -> dict[int, dict]:
+    """{code cell number: result} from nbval's verdicts, the kernel's record and the watchdog, for a
+    notebook of ``cells`` code cells."""
+    results = {e["cell"]: e for e in kernel_events if e.get("event") == "result"}
+    started = {e["cell"] for e in kernel_events if e.get("event") == "start"}
+    pid = _kernel_pid(kernel_events)
+    kernel_gone = pid is not None and not _alive(pid)
+
+    def failure(cell: int) -> tuple[str, str]:
+        result = results.get(cell)
+        if result is None:
+            if pid is None:
+                return KERNEL_START_FAILED + "no cell ran (see the log)", "stopped"
+            if cell in started:
+                return "no result: the kernel stopped in this cell (see the log)", "stopped"
+            if kernel_gone:
+                return "not run: the kernel had stopped in an earlier cell", "dead"
+            return "not run by nbval (see the log)", ""
+        if result["passed"]:
+            return "nbval failed the cell although it ran without an error (see the log)", ""
+        if result.get("ename") == "KeyboardInterrupt" and cell in watch.interrupted:
+            return f"timed out after {watch.interrupted[cell]:g} s (endless loop?)", ""
+        return error_line(result.get("ename", "Error"), result.get("evalue", "")), ""
+
+    def entry(cell: int, passed: bool, message: str = "", kind: str = "") -> dict:
+        return {"cell": cell, "passed": passed, "message": message, "kind": kind}
+
+    outcome: dict[int, dict] = {}
+    for verdict in verdicts:
+        cell = verdict["cell"]
+        if verdict["outcome"] == "passed":
+            outcome[cell] = entry(cell, True)
+        elif verdict["outcome"] == "skipped":
+            outcome[cell] = entry(cell, False, "skipped")
+        else:
+            outcome[cell] = entry(cell, False, *failure(cell))
+    for cell, result in results.items():  # finished in the kernel; the run stopped before nbval said so
+        if cell not in outcome:
+            outcome[cell] = entry(cell, True) if result["passed"] else entry(cell, False, *failure(cell))
+    if watch.stuck is not None:
+        cell, message = watch.stuck
+        outcome[cell] = entry(cell, False, message, "stopped")
+    if watch.gone_between_cells and max(outcome, default=-1) + 1 < cells:
+        cell = max(outcome, default=-1) + 1
+        outcome[cell] = entry(cell, False, "not run: the kernel had stopped in an earlier cell", "dead")
     return outcome
 
 
 def runner_environment(work: Path, parallel: bool = False) -> dict:
-    """Environment of the nbval runs: quick mode, this plugin importable, a clean IPython profile."""
+    """Environment of the nbval runs: quick mode, the plugin importable, a clean IPython profile
+    with the grader's startup file."""
     env = dict(os.environ)
     env["RESNET_MODE"] = "quick"  # grading always runs the chapters at quick scale
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH")]))  # for `-p grade`
+    # `-p scripts.grade_plugin`: the repository on the path (the runs start in a temporary folder).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("PYTEST_ADDOPTS", None)
+    for variable in (EVENTS_VARIABLE, TOKEN_VARIABLE):
+        env.pop(variable, None)
     if parallel:
         env.setdefault("OMP_NUM_THREADS", "1")  # parallel kernels must not fight over the cores
     # A fresh IPython profile for the kernels: no personal startup files, no history (nothing written
-    # to ~/.ipython, no database shared by parallel kernels), tracebacks without colour codes.
+    # to ~/.ipython, no database shared by parallel kernels), tracebacks without colour codes; and the
+    # grader's own startup file, which records each cell's outcome.
     profile = work / ".ipython" / "profile_default"
-    profile.mkdir(parents=True, exist_ok=True)
+    (profile / "startup").mkdir(parents=True, exist_ok=True)
     config = 'c.InteractiveShell.colors = "nocolor"\nc.HistoryManager.enabled = False\n'
     (profile / "ipython_kernel_config.py").write_text(config, encoding="utf-8")
+    (profile / "startup" / "00-grade-py.py").write_text(KERNEL_STARTUP, encoding="utf-8")
     env["IPYTHONDIR"] = str(work / ".ipython")
     return env
 
@@ -618,6 +931,7 @@ def grade_submission(student: str, chapter: Chapter, submission: Submission | No
     # The answer cells to blame when a cell stops the kernel: its own, or its exercise's.
     blame = {i: e.solutions for e in chapter.exercises for i in e.solutions + e.checks}
     quarantined: set[int] = set()
+    flagged: dict[str, str] = {}  # from the first pass, which has every answer
     merged: dict[int, dict] = {}
     start = 0
     log_path = options.out / "logs" / f"{name}.log"
@@ -626,6 +940,7 @@ def grade_submission(student: str, chapter: Chapter, submission: Submission | No
             if attempt and _STOPPING.is_set():
                 break
             plan = assemble(chapter, submission.nb, quarantined)
+            flagged = flagged or plan.flagged
             log.write(f"=== grading pass {attempt + 1}\n")
             log.flush()
             junit_name = name if attempt == 0 else f"{name}.pass{attempt + 1}"
@@ -657,7 +972,7 @@ def grade_submission(student: str, chapter: Chapter, submission: Submission | No
                 message = "check: " + failed_check["message"]
             else:
                 message = "check not run: grading stopped before it (see the log)"
-        note = plan.flagged.get(exercise.tag, "")
+        note = flagged.get(exercise.tag, "")
         rows.append(Row(student, chapter.name, exercise.label, exercise.title, passed, message, note))
 
     graded = {i for e in chapter.exercises for i in e.solutions + e.checks}
@@ -667,6 +982,9 @@ def grade_submission(student: str, chapter: Chapter, submission: Submission | No
         for n, r in sorted(merged.items())
         if not r["passed"] and plan.code_cells[n] not in graded
     ]
+    for exercise in chapter.exercises:  # answers that could fake a pass: with their lines, for a human
+        if exercise.tag in flagged:
+            notes.append(f"{student}, {chapter.name}, exercise {exercise.label}: {flagged[exercise.tag]}")
     if broken:
         index, message = broken[0]
         more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
@@ -692,13 +1010,13 @@ def write_reports(out: Path, rows: list[Row], problems: list[str], notes: list[s
         passed = sum(r.passed for r in mine)
         totals.append((student, passed, len(mine), round(100 * passed / len(mine)) if mine else 0))
 
-    with open(out / "grades.csv", "w", newline="", encoding="utf-8") as stream:
+    with atomic_write(out / "grades.csv", "w") as stream:
         writer = csv.writer(stream)
         writer.writerow(["student", "chapter", "exercise", "title", "result", "message", "note"])
         for r in rows:
             result = "pass" if r.passed else "fail"
             writer.writerow([r.student, r.chapter, r.exercise, r.title, result, r.message, r.note])
-    with open(out / "totals.csv", "w", newline="", encoding="utf-8") as stream:
+    with atomic_write(out / "totals.csv", "w") as stream:
         writer = csv.writer(stream)
         writer.writerow(["student", "passed", "exercises", "score_percent"])
         writer.writerows(totals)
@@ -717,7 +1035,8 @@ def write_reports(out: Path, rows: list[Row], problems: list[str], notes: list[s
         lines += ["", "## Problems with the submitted files", ""] + [f"- {_md(p)}" for p in problems]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {_md(n)}" for n in notes]
-    (out / "grades.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with atomic_write(out / "grades.md", "w") as stream:
+        stream.write("\n".join(lines) + "\n")
     return totals
 
 

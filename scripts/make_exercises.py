@@ -7,20 +7,23 @@
 In each copy, every solution cell (tags ``solution`` and ``ex-N-k``, see CONTRIBUTING.md) keeps only
 its leading comment lines, the task, and ends with ``raise NotImplementedError(...)`` naming the
 exercise, so the check cell below it fails until the student writes an answer. Everything else
-(prose, setup, the chapter's code, the check cells) stays; outputs and execution counts are cleared;
+(prose, setup, the chapter's code, the check cells) stays, except the wrong-answer cells, which are
+left out; outputs and execution counts are cleared;
 cell ids and tags are kept so that ``scripts/grade.py`` can find each answer again.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
 import nbformat
 
-import notebook_tags as tags  # the scripts folder is on sys.path: this script's own folder
+if __package__ in (None, ""):  # run as `python scripts/make_exercises.py`: make `scripts` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts import notebook_tags as tags  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,10 +36,13 @@ uses its own copy of every other cell, check cells included, so keep your answer
 
 
 def student_copy(nb, chapter: str):
-    """The student copy of one chapter notebook (a new notebook; ``nb`` is left untouched)."""
-    exercises = tags.find_exercises(nb)
+    """The student copy of one chapter notebook (a new notebook; ``nb`` is left untouched).
+
+    The wrong-answer cells (instructors' material for the tests) are left out."""
+    tags.find_exercises(nb)  # the contract holds for the chapter as written, wrong answers included
+    copy_nb = tags.without_wrong_answers(nb)
+    exercises = tags.find_exercises(copy_nb)
     solutions = {index: exercise.tag for exercise in exercises for index in exercise.solutions}
-    copy_nb = copy.deepcopy(nb)
     for index, cell in enumerate(copy_nb.cells):
         if cell.cell_type == "code":
             cell.outputs = []

@@ -4,6 +4,12 @@ CONTRIBUTING.md defines it: a code exercise is a **solution cell** (tags ``solut
 ``hide-input``) whose first lines are comments restating the task, followed by a **check cell**
 (tags ``check``, ``ex-N-k``) that asserts on the names the solution defines.
 
+A **wrong-answer cell** (tags ``wrong-answer``, ``ex-N-k``, ``remove-cell``, ``skip-execution``,
+``nbval-skip``; first line ``# Wrong answer: <what is wrong>``) follows an exercise's check cell: a
+plausible wrong answer that the check must reject. It is hidden in the book and never executed
+(myst-nb honours ``skip-execution``, nbval ``nbval-skip``); ``tests/test_grading.py`` runs each one
+against its check. Student copies omit these cells and the grader never runs them.
+
 ``scripts/make_exercises.py`` turns solution cells into stubs; ``scripts/grade.py`` puts a student's
 answers back into the instructor's notebook and runs it under nbval. Both read the contract here,
 so that the two can never disagree about what an exercise is.
@@ -11,6 +17,7 @@ so that the two can never disagree about what an exercise is.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +26,11 @@ import nbformat
 
 SOLUTION_TAG = "solution"
 CHECK_TAG = "check"
+WRONG_ANSWER_TAG = "wrong-answer"
+# Every wrong-answer cell carries these too: hidden in the book, executed neither by the book build
+# (myst-nb's `skip-execution`) nor by nbval (`nbval-skip`).
+WRONG_ANSWER_TAGS = (WRONG_ANSWER_TAG, "remove-cell", "skip-execution", "nbval-skip")
+WRONG_ANSWER_HEADING = re.compile(r"^# Wrong answer: (\S.*?)\s*$")
 EXERCISE_TAG = re.compile(r"^ex-(\d+)-(\d+)$")
 # Chapters are book/NN_short_name.ipynb (CONTRIBUTING.md, "Files").
 CHAPTER_GLOB = "[0-9][0-9]_*.ipynb"
@@ -40,6 +52,7 @@ class Exercise:
     title: str = ""  # from the "### Exercise 3.2: title" heading, "" if there is none
     solutions: list[int] = field(default_factory=list)  # indices into nb.cells
     checks: list[int] = field(default_factory=list)
+    wrong_answers: list[int] = field(default_factory=list)  # wrong-answer cells, after the checks
 
     @property
     def label(self) -> str:
@@ -65,6 +78,33 @@ def is_solution(cell) -> bool:
 
 def is_check(cell) -> bool:
     return cell.get("cell_type") == "code" and CHECK_TAG in cell_tags(cell)
+
+
+def is_wrong_answer(cell) -> bool:
+    return WRONG_ANSWER_TAG in cell_tags(cell)
+
+
+def wrong_answer_description(cell) -> str:
+    """What is wrong with a wrong-answer cell's answer, from its first line."""
+    first = cell.get("source", "").splitlines()[:1]
+    match = WRONG_ANSWER_HEADING.match(first[0]) if first else None
+    if not match:
+        raise ContractError(
+            f"wrong-answer cell {cell.get('id', '?')} must start with a line '# Wrong answer: <what is wrong>'"
+        )
+    return match.group(1)
+
+
+def wrong_answers(nb, exercise: Exercise) -> list[tuple[str, str]]:
+    """[(what is wrong, source)] of an exercise's wrong-answer cells, in order."""
+    return [(wrong_answer_description(nb.cells[i]), nb.cells[i].source) for i in exercise.wrong_answers]
+
+
+def without_wrong_answers(nb):
+    """A copy of ``nb`` without its wrong-answer cells (``nb`` is left untouched)."""
+    stripped = copy.deepcopy(nb)
+    stripped.cells = [cell for cell in stripped.cells if not is_wrong_answer(cell)]
+    return stripped
 
 
 def exercise_label(tag: str) -> str:
@@ -94,11 +134,24 @@ def find_exercises(nb) -> list[Exercise]:
     exercise lacks its solution or its check: grading such a notebook would silently mis-grade.
     """
     exercises: dict[str, Exercise] = {}
+    wrong: list[tuple[int, str]] = []
     for index, cell in enumerate(nb.cells):
         solution, check = is_solution(cell), is_check(cell)
+        where = f"cell {index} (id {cell.get('id', '?')})"
+        if is_wrong_answer(cell):
+            if solution or check or cell.get("cell_type") != "code":
+                raise ContractError(f"{where}: a wrong-answer cell must be a code cell, neither solution nor check")
+            missing = [t for t in WRONG_ANSWER_TAGS if t not in cell_tags(cell)]
+            if missing:
+                raise ContractError(f"{where}: a wrong-answer cell lacks the tags {missing}")
+            tag = exercise_tag(cell)
+            if tag is None:
+                raise ContractError(f"{where} is tagged {WRONG_ANSWER_TAG!r} but has no ex-N-k tag")
+            wrong_answer_description(cell)
+            wrong.append((index, tag))
+            continue
         if not (solution or check):
             continue
-        where = f"cell {index} (id {cell.get('id', '?')})"
         if solution and check:
             raise ContractError(f"{where} is tagged both {SOLUTION_TAG!r} and {CHECK_TAG!r}")
         tag = exercise_tag(cell)
@@ -114,6 +167,12 @@ def find_exercises(nb) -> list[Exercise]:
         if min(exercise.checks) < min(exercise.solutions):
             raise ContractError(f"exercise {exercise.tag}: its check cell comes before its solution cell")
         exercise.title = _exercise_title(nb, exercise.tag, min(exercise.solutions))
+    for index, tag in wrong:
+        if tag not in exercises:
+            raise ContractError(f"cell {index}: a wrong answer to {tag}, which has no solution and check cells")
+        if index < max(exercises[tag].checks):
+            raise ContractError(f"cell {index}: a wrong answer to {tag} must come after its check cell")
+        exercises[tag].wrong_answers.append(index)
     return sorted(exercises.values(), key=lambda e: min(e.solutions))
 
 

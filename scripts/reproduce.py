@@ -6,7 +6,7 @@
     python scripts/reproduce.py --mode full --jobs 4 --max-minutes 9             # 4 runs side by side on one GPU
     python scripts/reproduce.py --quick --nets resnet8,plain8                   # a smoke test on a CPU
 
-Every run (one net, one seed) trains with the paper's recipe (utils.analysis.PAPER_RECIPE: 45k/5k
+Every run (one net, one seed) trains with the paper's recipe (utils.recipes.PAPER_CIFAR10 on utils.reproduction.PAPER_DATA: 45k/5k
 split, batch 128, SGD with momentum 0.9, lr 0.1 divided by 10 at 32k and 48k iterations, 64k
 iterations, weight decay 1e-4, pad-4 crop and flip, option A shortcuts, a warm-up at lr 0.01 for
 ResNet-110) and writes results/cifar10/<net>-seed<k>.json (schema: results/README.md) after
@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from utils import analysis, config
+    from utils import config, reproduction
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nets", default=",".join(analysis.PAPER_NETS),
+    parser.add_argument("--nets", default=",".join(reproduction.PAPER_NETS),
                         help="comma-separated nets: resnet<depth> or plain<depth> (default: the paper's nine)")
-    parser.add_argument("--seeds", default=",".join(map(str, analysis.PAPER_SEEDS)),
+    parser.add_argument("--seeds", default=",".join(map(str, reproduction.PAPER_SEEDS)),
                         help="comma-separated seeds (default: 0,1)")
     parser.add_argument("--mode", choices=config.MODES, default=None,
                         help="full: the paper's recipe on CIFAR-10; quick: a smoke test "
@@ -52,10 +52,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder of the checkpoints (default: under the data directory)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="train this many runs at the same time, one process each (small nets leave a GPU idle)")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU (the paper trained in fp32)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="arithmetic of the training (default fp32, as the paper; bf16 on a recent GPU is faster)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--device", default=None, help="torch device (default: the GPU if there is one)")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar, one line per stretch of epochs")
+    parser.add_argument("--no-progress", action="store_true", help="no line per epoch from fit (the run still logs each epoch)")
     args = parser.parse_args(argv)
     if args.quick and args.mode == "full":
         parser.error("--quick and --mode full contradict each other")
@@ -63,7 +64,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.nets = [n.strip() for n in args.nets.split(",") if n.strip()]
         for net in args.nets:
-            analysis.parse_net(net)
+            reproduction.parse_net(net)
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as err:
         parser.error(str(err))
@@ -80,7 +81,7 @@ def _run_in_parallel(args: argparse.Namespace, runs: list[tuple[str, int]], dead
     """One child process per run, at most ``--jobs`` at a time; each gets what is left of the time limit."""
     common = ["--mode", args.mode, "--out", str(args.out), "--checkpoint-dir", str(args.checkpoint_dir)]
     common += ["--no-progress"]
-    common += ["--amp"] * args.amp + ["--compile"] * args.compile + (["--device", args.device] if args.device else [])
+    common += ["--precision", args.precision] + ["--compile"] * args.compile + (["--device", args.device] if args.device else [])
     waiting, running, failed = list(runs), [], []
     while waiting or running:
         while waiting and len(running) < args.jobs:
@@ -111,21 +112,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     os.environ["RESNET_MODE"] = args.mode
     import torch
 
-    from utils import analysis, data, results, train
+    from utils import data, recipes, reproduction, train
+    from utils.files import read_json
 
-    recipe = analysis.PAPER_RECIPE if args.mode == "full" else analysis.QUICK_RECIPE
-    args.out = args.out or analysis.default_results_dir(args.mode, ROOT)
-    args.checkpoint_dir = args.checkpoint_dir or analysis.default_checkpoint_dir(args.mode)
+    full = args.mode == "full"
+    recipe = recipes.PAPER_CIFAR10 if full else recipes.REPRODUCTION_SMOKE
+    plan = reproduction.PAPER_DATA if full else reproduction.SMOKE_DATA
+    args.out = args.out or reproduction.default_results_dir(args.mode, ROOT)
+    args.checkpoint_dir = args.checkpoint_dir or reproduction.default_checkpoint_dir(args.mode)
     runs = [(net, seed) for net in args.nets for seed in args.seeds]
     argv_recorded = ["scripts/reproduce.py", *(sys.argv[1:] if argv is None else argv)]
 
     if args.jobs > 1 and len(runs) > 1:
         status = _run_in_parallel(args, runs, deadline)
-        paths = [args.out / f"{analysis.run_name(net, seed)}.json" for net, seed in runs]
-        records = [results.read_json(p) for p in paths if p.exists()]
+        paths = [args.out / f"{reproduction.run_name(net, seed)}.json" for net, seed in runs]
+        records = [read_json(p) for p in paths if p.exists()]
     else:
         try:
-            splits = analysis.load_splits(recipe, allow_fallback=args.mode == "quick")
+            splits = reproduction.load_splits(plan, allow_fallback=not full)
         except data.DataUnavailableError as err:
             raise SystemExit(f"reproduce.py ({args.mode} mode): {err}") from None
         device = torch.device(args.device) if args.device else train.default_device()
@@ -133,20 +137,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         records, status = [], 0
         for net, seed in runs:
-            name = analysis.run_name(net, seed)
-            records.append(analysis.run_reproduction(
-                net, seed, recipe,
+            name = reproduction.run_name(net, seed)
+            records.append(reproduction.run_reproduction(
+                net, seed, recipe, plan,
                 results_path=args.out / f"{name}.json",
                 checkpoint_path=args.checkpoint_dir / f"{name}.pt",
-                deadline=deadline, splits=splits, device=device, amp=args.amp, compile=args.compile,
+                deadline=deadline, splits=splits, device=device, precision=args.precision, compile=args.compile,
                 progress=not args.no_progress, argv=argv_recorded,
             ))  # fmt: skip
 
     for r in records:
         final = f"test error {r['final']['test_error']:.2f} %" if r.get("done") else r.get("stopped") or "unfinished"
-        name = analysis.run_name(r["net"], r["seed"])
+        name = reproduction.run_name(r["net"], r["seed"])
         print(f"{name}: {r['epochs_completed']}/{r['epochs_planned']} epochs, {final}")
-    missing = analysis.outstanding_runs(records, args.nets, args.seeds)
+    missing = reproduction.outstanding_runs(records, args.nets, args.seeds)
     print(f"outstanding: {', '.join(missing)}" if missing else "all runs done")
     print(f"records in {args.out}, checkpoints in {args.checkpoint_dir} ({time.monotonic() - started:.0f} s)")
     if status:

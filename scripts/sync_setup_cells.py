@@ -21,6 +21,8 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from utils import files  # the course package, installed in the venv (`pip install -e .`)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_PATH = ROOT / "_config.yml"
 BOOK_DIR = ROOT / "book"
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         stale.append((path, problem))
         if not args.check:
-            nbformat.write(with_current_quotes(with_setup_cell(nb, expected), expected), path)
+            with files.atomic_write(path, "w") as f:  # an interrupted run never leaves a half-written notebook
+                nbformat.write(with_current_quotes(with_setup_cell(nb, expected), expected), f)
             print(f"updated {path}: {problem}")
 
     if args.check:

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from utils import data, models, train
+from utils.recipes import Recipe
 
 N, EPOCHS = 96, 3
 
@@ -47,7 +48,7 @@ def main(out: Path) -> None:
     train_loader, evals = data.make_loaders(toy, {"all": toy}, batch_size=8, augment=False)
     recorder = RecordingLoader(train_loader)
     model = models.ResNet(models.BasicBlock, [1, 1], num_classes=4, stem="cifar", widths=(8, 16))
-    history = train.fit(model, recorder, evals, epochs=EPOCHS, lr=0.05, device="cpu", progress=False)
+    history = train.fit(model, recorder, evals, recipe=Recipe(epochs=EPOCHS, lr=0.05), progress=False)
     rank = dist.get_rank()
     torch.save(
         {"rank": rank, "world_size": dist.get_world_size(), "seen": recorder.seen, "history": history,

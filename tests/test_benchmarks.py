@@ -1,23 +1,21 @@
 """The benchmark scripts run end to end and record what produced their figures (smoke runs, no timing asserts)."""
 
 import json
-import runpy
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import throughput, time_to_accuracy
 
 
-def _run_script(name, args, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [name, *args])
-    return runpy.run_path(str(ROOT / "benchmarks" / name), run_name="not_main")["main"](args)
+def _run_script(script, args, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [script.__file__, *args])
+    return script.main(args)
 
 
 def test_throughput_compares_both_pipelines_and_writes_json(tmp_path, monkeypatch):
     out = tmp_path / "tp.json"
-    report = _run_script("throughput.py", ["--model", "resnet8", "--images", "64", "--batch-size", "32",
+    report = _run_script(throughput, ["--model", "resnet8", "--images", "64", "--batch-size", "32",
                                            "--workers", "0", "--out", str(out)], monkeypatch)  # fmt: skip
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
@@ -30,12 +28,12 @@ def test_throughput_compares_both_pipelines_and_writes_json(tmp_path, monkeypatc
 
 def test_throughput_rejects_unknown_models(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="unknown model 'vgg16'"):
-        _run_script("throughput.py", ["--model", "vgg16", "--images", "64", "--out", str(tmp_path / "x.json")], monkeypatch)
+        _run_script(throughput, ["--model", "vgg16", "--images", "64", "--out", str(tmp_path / "x.json")], monkeypatch)
 
 
 def test_time_to_accuracy_smoke_run_records_history(tmp_path, monkeypatch):
     out = tmp_path / "tta.json"
-    report = _run_script("time_to_accuracy.py", ["--train-images", "100", "--test-images", "50", "--epochs", "1",
+    report = _run_script(time_to_accuracy, ["--train-images", "100", "--test-images", "50", "--epochs", "1",
                                                  "--warmup-epochs", "0", "--batch-size", "50", "--target", "0.01", "--allow-fallback",
                                                  "--out", str(out)], monkeypatch)  # fmt: skip
     saved = json.loads(out.read_text())
@@ -46,7 +44,7 @@ def test_time_to_accuracy_smoke_run_records_history(tmp_path, monkeypatch):
 
 def test_time_to_accuracy_on_the_validation_split_leaves_the_test_set_out(tmp_path, monkeypatch):
     out = tmp_path / "val.json"
-    report = _run_script("time_to_accuracy.py", ["--eval-on", "val", "--train-images", "200", "--epochs", "1",
+    report = _run_script(time_to_accuracy, ["--eval-on", "val", "--train-images", "200", "--epochs", "1",
                                                  "--warmup-epochs", "0", "--batch-size", "50", "--target", "0.99", "--allow-fallback",
                                                  "--out", str(out)], monkeypatch)  # fmt: skip
     saved = json.loads(out.read_text())
@@ -59,5 +57,5 @@ def test_time_to_accuracy_on_the_validation_split_leaves_the_test_set_out(tmp_pa
 
 def test_time_to_accuracy_rejects_a_test_subset_with_the_validation_split(monkeypatch, capsys):
     with pytest.raises(SystemExit):
-        _run_script("time_to_accuracy.py", ["--eval-on", "val", "--test-images", "100"], monkeypatch)
+        _run_script(time_to_accuracy, ["--eval-on", "val", "--test-images", "100"], monkeypatch)
     assert "--test-images applies to --eval-on test" in capsys.readouterr().err

@@ -13,6 +13,10 @@ each request and failing any that is not for the local server. On every page of 
 The browser is driven over the Chrome DevTools Protocol through a pipe (`--remote-debugging-pipe`),
 so no driver package is needed. If the book has not been built, the tests fail and say to run
 `make book`; if Chromium is missing, they say to run `make browser`.
+
+The last tests need neither: they check the build itself (scripts/build_book.py and _config.yml):
+no hidden folder a test run leaves is read as a page, and the execution cache survives a second
+build unless the code or the data changed.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from scripts import build_book
+
 ROOT = Path(__file__).resolve().parents[1]
 HTML_DIR = ROOT / "_build" / "html"
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -48,20 +54,8 @@ REQUIRES = {
 
 
 def toc_pages() -> list[str]:
-    """index.html, then the HTML page of every entry of _toc.yml (the root is index.html's target)."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
-    pages = ["index.html"]
-
-    def walk(items):
-        for item in items or []:
-            if "file" in item:
-                pages.append(str(Path(item["file"]).with_suffix(".html")))
-            walk(item.get("sections"))
-
-    walk(toc.get("chapters"))
-    for part in toc.get("parts") or []:
-        walk(part.get("chapters"))
-    return pages
+    """index.html, then the HTML page of every other entry of _toc.yml (the root is index.html's target)."""
+    return ["index.html"] + [str(Path(entry).with_suffix(".html")) for entry in build_book.toc_entries()[1:]]
 
 
 PAGES = toc_pages()
@@ -494,3 +488,90 @@ def test_checks_accept_a_page_with_local_mathjax(browser, tmp_path):
         site.close()
     assert not page_problems(report, {"math", "figure"}), page_problems(report, {"math", "figure"})
     assert report["mathElements"] == 2 and report["mjxContainers"] >= 2, report
+
+
+# ----------------------------------------------------------------------------- the build (no browser, no built book)
+
+
+def test_no_hidden_folder_is_read_as_a_page(tmp_path):
+    """only_build_toc_files leaves out every page _toc.yml does not list, except in hidden folders:
+    sphinx-external-toc's glob does not see them, Sphinx's reader does. _config.yml's exclude_patterns
+    must cover those: a fresh clone's `make test` leaves .pytest_cache/README.md, which the next build
+    read as a page (and failed on, warnings being errors)."""
+    from sphinx.util.matching import get_matching_files
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    assert config["only_build_toc_files"] is True, "without it, every Markdown file of the checkout is a page"
+    pages = {f"{entry}.md" for entry in build_book.toc_entries()}
+    hidden = {
+        ".pytest_cache/README.md", ".mypy_cache/README.md", ".ruff_cache/README.md", "book/.pytest_cache/README.md",
+        "book/.ipynb_checkpoints/01_degradation-checkpoint.ipynb", "utils/.hypothesis/notes.md", ".venv/README.md",
+        ".github/PULL_REQUEST_TEMPLATE.md", ".data/cifar10/README.md", "book/.notes.md",
+    }  # fmt: skip
+    # Every hidden folder of this checkout too, whatever made it.
+    hidden |= {f"{p.name}/README.md" for p in ROOT.iterdir() if p.is_dir() and p.name.startswith(".")}
+    for name in pages | hidden:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("# a page\n")
+    read = set(get_matching_files(tmp_path, include_patterns=["**.md", "**.ipynb"], exclude_patterns=config["exclude_patterns"]))
+    assert read - pages == set(), f"Sphinx would read these as pages; add them to _config.yml's exclude_patterns: {sorted(read - pages)}"
+    assert read == pages
+
+
+@pytest.fixture
+def scratch_repo(tmp_path, monkeypatch):
+    """A checkout with one file of every kind the fingerprint reads, and a data folder with both archives."""
+    repo, data_dir = tmp_path / "repo", tmp_path / "data"
+    for name, text in {"utils/data.py": "X = 1\n", "pyproject.toml": "[project]\n", "requirements.txt": "torch\n",
+                       "results/latency-cpu.json": "{}\n", "_toc.yml": "root: book/intro\n"}.items():  # fmt: skip
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    data_dir.mkdir()
+    monkeypatch.setattr(build_book, "ROOT", repo)
+    monkeypatch.setattr(build_book, "CACHE_ROOT", repo / "_build" / ".jupyter_cache")
+    monkeypatch.setenv("RESNET_DATA", str(data_dir))
+    return repo, data_dir
+
+
+def _leave_what_a_build_and_a_test_run_leave(repo, data_dir):
+    if (data_dir / "cifar10.tgz").exists():  # decoded by the first notebook that loads CIFAR-10
+        (data_dir / "cifar10-uint8.npz").write_bytes(b"decoded")
+    (data_dir / ".cifar10.lock").touch()
+    (data_dir / "MNIST" / "raw").mkdir(parents=True)  # a failed MNIST download leaves this, empty
+    (repo / ".pytest_cache" / "v").mkdir(parents=True)
+    (repo / ".pytest_cache" / "README.md").write_text("# pytest cache directory\n")
+    (repo / "utils" / "__pycache__").mkdir()
+    (repo / "utils" / "__pycache__" / "data.cpython-311.pyc").write_bytes(b"\x00compiled")
+    (repo / "book" / "checkpoints").mkdir(parents=True)
+
+
+@pytest.mark.parametrize("archives", [("cifar10.tgz", "mnist.tgz"), ()], ids=["with-copies", "no-copies"])
+def test_the_fingerprint_ignores_what_runs_leave_and_follows_the_code_and_the_data(scratch_repo, archives):
+    repo, data_dir = scratch_repo
+    for name in archives:
+        (data_dir / name).write_bytes(b"an archive")
+    first = build_book.fingerprint("quick")
+    _leave_what_a_build_and_a_test_run_leave(repo, data_dir)
+    if archives:  # extracted by the first build's notebooks
+        for name in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            (data_dir / "MNIST" / "raw" / name).write_bytes(b"idx")
+    assert build_book.fingerprint("quick") == first, "a second build would re-execute every notebook"
+    assert build_book.fingerprint("full") != first
+    (data_dir / ("cifar10.tgz" if not archives else "extra")).write_bytes(b"x")
+    assert (build_book.fingerprint("quick") != first) == (not archives), "a new copy of CIFAR-10 changes what runs"
+    (repo / "utils" / "data.py").write_text("X = 2\n")
+    assert build_book.fingerprint("quick") != first, "a change to utils/ must re-execute the notebooks"
+
+
+def test_a_second_build_keeps_the_execution_cache_until_the_code_changes(scratch_repo, capsys):
+    repo, data_dir = scratch_repo
+    (data_dir / "cifar10.tgz").write_bytes(b"an archive")
+    cache_dir = build_book.prepare_cache("quick", force=False)
+    (cache_dir / "executed-notebook").write_text("outputs")
+    _leave_what_a_build_and_a_test_run_leave(repo, data_dir)
+    assert build_book.prepare_cache("quick", force=False) == cache_dir
+    assert (cache_dir / "executed-notebook").exists() and "Emptying" not in capsys.readouterr().out
+    (repo / "utils" / "data.py").write_text("X = 2\n")
+    build_book.prepare_cache("quick", force=False)
+    assert not (cache_dir / "executed-notebook").exists() and "Emptying the quick execution cache" in capsys.readouterr().out
+    assert not list(cache_dir.parent.glob(".*.tmp")), "the stamp is written atomically"

@@ -1,7 +1,16 @@
-"""utils.data: reading archives and trees, the cache, the fallback, subsets and loaders."""
+"""utils.data: reading archives and trees, the cache and its validation, the lock, downloads, MNIST,
+the fallback, subsets and loaders."""
 
+import gzip
 import io
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +20,18 @@ from PIL import Image
 from utils import data
 
 CLASSES = data.CIFAR10_CLASSES
+# The fixtures' labels.txt lists the classes in this order, unlike CIFAR-10's (alphabetical) one, so a
+# reader that ignored labels.txt would give other label indices.
+LABELS_ORDER = ("truck", "cat", "airplane", "ship", "dog", "automobile", "frog", "bird", "horse", "deer")
+TRAIN_PER_CLASS, TEST_PER_CLASS = 3, 1
+
+
+@pytest.fixture(autouse=True)
+def tiny_cifar10(monkeypatch):
+    """The fixtures hold 30 + 10 images: that is the complete CIFAR-10 here. No download is remembered."""
+    monkeypatch.setattr(data, "CIFAR10_COUNTS", {"train": 10 * TRAIN_PER_CLASS, "test": 10 * TEST_PER_CLASS})
+    monkeypatch.setattr(data, "_failed_downloads", {})
+    monkeypatch.setattr(data, "_announced", set())
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -23,20 +44,24 @@ def _fake_images(rng, per_class: int):
     return {cls: [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(per_class)] for cls in CLASSES}
 
 
-@pytest.fixture
-def image_tree(tmp_path):
-    """A tiny CIFAR-10 in fastai's layout: cifar10/{train,test}/<class>/*.png + labels.txt."""
+def _write_tree(root, labels_order=LABELS_ORDER):
     rng = np.random.default_rng(0)
-    images = {"train": _fake_images(rng, 3), "test": _fake_images(rng, 1)}
-    root = tmp_path / "tree" / "cifar10"
+    images = {"train": _fake_images(rng, TRAIN_PER_CLASS), "test": _fake_images(rng, TEST_PER_CLASS)}
     for split, per_class in images.items():
         for cls, arrays in per_class.items():
             (root / split / cls).mkdir(parents=True)
             for i, a in enumerate(arrays):
                 (root / split / cls / f"{i:04d}.png").write_bytes(_png(a))
-    # Index order differs from alphabetical order for nothing here, but labels.txt is honoured.
-    (root / "labels.txt").write_text("\n".join(CLASSES) + "\n")
-    return root, images
+    if labels_order is not None:
+        (root / "labels.txt").write_text("\n".join(labels_order) + "\n")
+    return images
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    """A tiny CIFAR-10 in fastai's layout: cifar10/{train,test}/<class>/*.png + labels.txt (LABELS_ORDER)."""
+    root = tmp_path / "tree" / "cifar10"
+    return root, _write_tree(root)
 
 
 @pytest.fixture
@@ -58,23 +83,46 @@ def _no_download(monkeypatch):
     monkeypatch.setattr(data, "_read_torchvision", fail)
 
 
+def _assert_labels_follow(loaded, images, split, order):
+    """Every image carries the index of its class in ``order``, and the images are its own pixels."""
+    assert loaded.classes == order
+    position = 0
+    for index, cls in enumerate(order):  # sorted by class index, then file name
+        for array in images[split][cls]:
+            assert loaded.labels[position] == index, f"{split} image {position} ({cls}) has label {loaded.labels[position]}"
+            assert np.array_equal(loaded.images[position], array), f"{split} image {position} is not {cls}'s"
+            position += 1
+    assert position == len(loaded)
+
+
 def test_reads_archive_with_labels_and_exact_pixels(archive):
     data_dir, images = archive
     train = data.load_cifar10("train", data_dir=data_dir)
     test = data.load_cifar10("test", data_dir=data_dir)
     assert train.images.shape == (30, 32, 32, 3) and test.images.shape == (10, 32, 32, 3)
-    assert train.classes == CLASSES
     assert np.bincount(train.labels).tolist() == [3] * 10
-    # Files are sorted by class then name, so the first image is airplane/0000.png.
-    assert np.array_equal(train.images[0], images["train"]["airplane"][0])
-    assert np.array_equal(test.images[-1], images["test"]["truck"][0])
-    assert train.labels[-1] == CLASSES.index("truck")
+    # labels.txt, not the alphabetical order, decides the indices: truck is 0, deer is 9.
+    _assert_labels_follow(train, images, "train", LABELS_ORDER)
+    _assert_labels_follow(test, images, "test", LABELS_ORDER)
+    assert train.labels[0] == 0 and np.array_equal(train.images[0], images["train"]["truck"][0])
 
 
 def test_reads_an_unpacked_tree(image_tree, tmp_path):
     root, images = image_tree
     train = data.load_cifar10("train", data_dir=root.parent)
-    assert len(train) == 30 and np.array_equal(train.images[3], images["train"]["automobile"][0])
+    _assert_labels_follow(train, images, "train", LABELS_ORDER)
+
+
+def test_without_labels_txt_the_classes_take_cifar10s_order(tmp_path):
+    root = tmp_path / "cifar10"
+    images = _write_tree(root, labels_order=None)
+    _assert_labels_follow(data.load_cifar10("train", data_dir=tmp_path), images, "train", CLASSES)
+
+
+def test_a_labels_txt_naming_other_classes_is_ignored(tmp_path):
+    root = tmp_path / "cifar10"
+    images = _write_tree(root, labels_order=("a", "b", "c", "d", "e", "f", "g", "h", "i", "j"))
+    _assert_labels_follow(data.load_cifar10("train", data_dir=tmp_path), images, "train", CLASSES)
 
 
 def test_cache_is_written_once_and_reused(archive):
@@ -89,6 +137,141 @@ def test_cache_is_written_once_and_reused(archive):
     assert not list(data_dir.glob(".*tmp"))
 
 
+def _lock_files(folder):
+    return {p.name for p in folder.iterdir() if p.name.endswith(".lock")}
+
+
+def _rewrite_cache(path, **changes):
+    with np.load(path) as z:
+        arrays = {key: z[key] for key in z.files}
+    arrays.update(changes)
+    arrays = {key: value for key, value in arrays.items() if value is not None}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("old format", r"is stale \(cache format 1; this version of utils.data writes format 2\)"),
+        ("wrong count", r"it holds 29 train images; CIFAR-10 has 30"),
+        ("wrong dtype", r"its train images are float32"),
+        ("garbage", r"is damaged \("),
+    ],
+    ids=["old-format", "wrong-count", "wrong-dtype", "garbage"],
+)
+def test_a_stale_or_damaged_cache_is_decoded_again_and_says_why(archive, capsys, damage, reason):
+    data_dir, images = archive
+    cache = data_dir / data.CACHE_NAME
+    data.load_cifar10("train", data_dir=data_dir)
+    with np.load(cache) as z:
+        train_images = z["train_images"]
+    if damage == "old format":  # what the first version of utils.data wrote: no format_version
+        _rewrite_cache(cache, format_version=None)
+    elif damage == "wrong count":
+        _rewrite_cache(cache, train_images=train_images[1:], train_labels=np.zeros(29, dtype=np.int64))
+    elif damage == "wrong dtype":
+        _rewrite_cache(cache, train_images=train_images.astype(np.float32))
+    else:
+        cache.write_bytes(b"PK\x03\x04 not really a zip file" * 10)
+    capsys.readouterr()
+    train = data.load_cifar10("train", data_dir=data_dir)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("NOTE: the decoded cache") and "decoding CIFAR-10 again" in printed[0]
+    assert re.search(reason, printed[0]), printed[0]
+    _assert_labels_follow(train, images, "train", LABELS_ORDER)
+    assert "(cache of" not in train.source, "the damaged cache must not be what was returned"
+    # Rebuilt: the next load reads the new cache, silently.
+    again = data.load_cifar10("train", data_dir=data_dir)
+    assert "(cache of" in again.source and capsys.readouterr().out == ""
+    with np.load(cache) as z:
+        assert int(z["format_version"]) == data.CACHE_FORMAT and len(z["train_images"]) == 30
+
+
+def test_a_copy_with_missing_images_is_rejected_and_not_cached(archive, monkeypatch):
+    data_dir, _ = archive
+    monkeypatch.setattr(data, "CIFAR10_COUNTS", {"train": 31, "test": 10})
+    with pytest.raises(ValueError, match=r"cifar10\.tgz is not a complete copy of CIFAR-10: it holds 30 train images; CIFAR-10 has 31"):
+        data.load_cifar10("train", data_dir=data_dir)
+    assert not (data_dir / data.CACHE_NAME).exists()
+
+
+def test_a_read_only_data_folder_is_decoded_in_memory(archive, monkeypatch, capsys):
+    data_dir, images = archive
+    writable = os.access
+    # (chmod would not do: the tests may run as root, whom no permission bit stops)
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == data_dir else writable(path, mode))
+    for _ in range(2):
+        _assert_labels_follow(data.load_cifar10("train", data_dir=data_dir), images, "train", LABELS_ORDER)
+    assert capsys.readouterr().out.count("is read-only: CIFAR-10 is decoded in memory") == 1
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cifar10.tgz"], "no cache, no lock file in a read-only folder"
+
+
+# A child process that waits for its twin, then loads CIFAR-10 and notes in a shared log when it decodes.
+_DECODING_CHILD = """
+import sys, time
+from pathlib import Path
+from utils import data
+data_dir, log, me, twin = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+data.CIFAR10_COUNTS = {"train": 30, "test": 10}
+find = data._find_cifar10
+def logged_find(root):
+    with open(log, "a") as f:
+        f.write(me.name + " decodes\\n")
+    time.sleep(0.5)  # hold the decode open: without the lock, the twin would decode meanwhile too
+    return find(root)
+data._find_cifar10 = logged_find
+me.touch()
+deadline = time.monotonic() + 120
+while not twin.exists():  # a barrier: both processes ask for the data at the same moment
+    if time.monotonic() > deadline:
+        sys.exit("the twin process never started")
+    time.sleep(0.01)
+train = data.load_cifar10("train", data_dir=data_dir)
+print(len(train), int(train.images.sum()), int(train.labels.sum()))
+"""
+
+
+def test_two_processes_starting_at_once_decode_once(archive, tmp_path):
+    data_dir, _ = archive
+    log, ready = tmp_path / "decodes.log", [tmp_path / "ready-a", tmp_path / "ready-b"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    children = [
+        subprocess.Popen([sys.executable, "-c", _DECODING_CHILD, str(data_dir), str(log), str(me), str(twin)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for me, twin in (ready, ready[::-1])
+    ]  # fmt: skip
+    outputs = [child.communicate(timeout=300) for child in children]
+    for child, (out, err) in zip(children, outputs):
+        assert child.returncode == 0, err[-3000:]
+    assert len(log.read_text().splitlines()) == 1, f"decoded more than once: {log.read_text()!r}"
+    assert outputs[0][0] == outputs[1][0] and outputs[0][0].startswith("30 ")
+    assert (data_dir / data.CACHE_NAME).exists() and not list(data_dir.glob(".*tmp"))
+
+
+def test_a_failed_download_is_tried_once_per_process_with_a_timeout(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RESNET_MODE", "quick")
+    attempts = []
+
+    def offline(root, download):
+        assert download, "no local copy is in an empty folder"
+        attempts.append(socket.getdefaulttimeout())
+        raise OSError("network unreachable (simulated)")
+
+    monkeypatch.setattr(data, "_read_torchvision", offline)
+    before = socket.getdefaulttimeout()
+    for split in ("train", "test", "train"):
+        assert data.load_cifar10(split, data_dir=tmp_path).source.startswith("fallback")
+    assert attempts == [data.DOWNLOAD_TIMEOUT_S], "one download attempt, under the download timeout"
+    assert socket.getdefaulttimeout() == before, "the timeout must not outlive the download"
+    printed = capsys.readouterr().out
+    assert printed.count("FALLBACK") == 1 and "download failed: OSError: network unreachable (simulated)" in printed
+    assert "tried once in this process" in printed and f"times out after {data.DOWNLOAD_TIMEOUT_S} s" in printed
+    # Another data folder is another copy: its download is tried on its own.
+    data.load_cifar10("train", data_dir=tmp_path / "elsewhere")
+    assert len(attempts) == 2
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_corrupt_archive_gives_a_clear_error_and_no_cache(archive, damage):
     data_dir, _ = archive
@@ -97,7 +280,7 @@ def test_corrupt_archive_gives_a_clear_error_and_no_cache(archive, damage):
     path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"this is not a tar archive" * 100)
     with pytest.raises(ValueError, match=r"cifar10\.tgz.*(truncated or corrupt|damaged)"):
         data.load_cifar10("train", data_dir=data_dir)
-    assert sorted(p.name for p in data_dir.iterdir()) == ["cifar10.tgz"]  # no cache, no temp file
+    assert sorted(p.name for p in data_dir.iterdir() if p.name not in _lock_files(data_dir)) == ["cifar10.tgz"]  # no cache, no temp file
 
 
 def test_archive_without_the_expected_layout_is_rejected(tmp_path):
@@ -111,7 +294,6 @@ def test_archive_without_the_expected_layout_is_rejected(tmp_path):
 
 def test_quick_mode_falls_back_to_embedded_digits_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RESNET_MODE", "quick")
-    monkeypatch.setattr(data, "_announced", set())
     _no_download(monkeypatch)
     train = data.load_cifar10("train", data_dir=tmp_path)
     test = data.load_cifar10("test", data_dir=tmp_path)
@@ -119,7 +301,7 @@ def test_quick_mode_falls_back_to_embedded_digits_and_says_so(tmp_path, monkeypa
     assert printed.count("FALLBACK") == 1 and "NOT CIFAR-10 results" in printed
     assert train.images.shape[1:] == (32, 32, 3) and len(train.classes) == 10
     assert len(train) + len(test) == 1797 and train.source.startswith("fallback")
-    assert not list(tmp_path.iterdir())  # nothing cached for a fallback
+    assert {p.name for p in tmp_path.iterdir()} == _lock_files(tmp_path)  # nothing cached for a fallback
 
 
 def test_full_mode_without_data_stops_with_instructions(tmp_path, monkeypatch):
@@ -129,18 +311,101 @@ def test_full_mode_without_data_stops_with_instructions(tmp_path, monkeypatch):
         data.load_cifar10("train", data_dir=tmp_path)
 
 
-def test_mnist_falls_back_in_quick_mode(tmp_path, monkeypatch, capsys):
+def test_mnist_falls_back_in_quick_mode_after_one_download_attempt(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RESNET_MODE", "quick")
-    monkeypatch.setattr(data, "_announced", set())
     import torchvision.datasets
+
+    downloads = []
 
     class OfflineMNIST:
         def __init__(self, root, train, download):
-            raise RuntimeError("Dataset not found.") if not download else OSError("offline (simulated)")
+            if not download:
+                raise RuntimeError("Dataset not found.")
+            downloads.append(socket.getdefaulttimeout())
+            raise OSError("offline (simulated)")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", OfflineMNIST)
     train = data.load_mnist("train", data_dir=tmp_path)
-    assert train.images.shape[1:] == (28, 28, 1) and "FALLBACK" in capsys.readouterr().out
+    test = data.load_mnist("test", data_dir=tmp_path)
+    assert train.images.shape[1:] == (28, 28, 1) and test.source.startswith("fallback")
+    assert capsys.readouterr().out.count("FALLBACK") == 1
+    assert downloads == [data.DOWNLOAD_TIMEOUT_S]
+
+
+def _idx(array: np.ndarray) -> bytes:
+    """``array`` (uint8) in the idx format of MNIST's raw files: magic, dimensions, then the bytes."""
+    magic = 0x0800 | array.ndim  # 0x08: unsigned bytes
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
+
+
+@pytest.fixture
+def mnist_archive(tmp_path):
+    """A tiny mnist.tgz in torchvision's raw layout: 5 training and 3 test images."""
+    rng = np.random.default_rng(1)
+    splits = {
+        "train": (rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), np.array([5, 0, 4, 1, 9], dtype=np.uint8)),
+        "t10k": (rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), np.array([7, 2, 1], dtype=np.uint8)),
+    }
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with tarfile.open(data_dir / data.MNIST_ARCHIVE, "w:gz") as tar:
+        for prefix, (images, labels) in splits.items():
+            for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+                payload = _idx(array)
+                info = tarfile.TarInfo(f"MNIST/raw/{prefix}-{kind}-ubyte")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return data_dir, {"train": splits["train"], "test": splits["t10k"]}
+
+
+def test_mnist_is_read_from_mnist_tgz_extracted_once(mnist_archive, monkeypatch):
+    data_dir, expected = mnist_archive
+
+    def no_download(*args):
+        raise AssertionError("mnist.tgz is there: nothing may be downloaded")
+
+    monkeypatch.setattr(data, "_download_once", no_download)
+    for split in ("train", "test"):
+        loaded = data.load_mnist(split, data_dir=data_dir)
+        images, labels = expected[split]
+        assert loaded.images.shape == (len(images), 28, 28, 1) and loaded.images.dtype == np.uint8
+        assert np.array_equal(loaded.images[..., 0], images) and loaded.labels.tolist() == labels.tolist()
+        assert loaded.classes == tuple("0123456789")
+    assert sorted(p.name for p in (data_dir / "MNIST" / "raw").iterdir()) == sorted(data.MNIST_RAW_FILES)
+    # Extracted once: the raw files alone are now enough.
+    (data_dir / data.MNIST_ARCHIVE).unlink()
+    assert data.load_mnist("test", data_dir=data_dir).labels.tolist() == [7, 2, 1]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_mnist_tgz_gives_a_clear_error(mnist_archive, damage):
+    data_dir, _ = mnist_archive
+    path = data_dir / data.MNIST_ARCHIVE
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"not a tar archive" * 100)
+    with pytest.raises(ValueError, match=r"mnist\.tgz is not a readable \.tgz archive.*truncated or corrupt"):
+        data.load_mnist("train", data_dir=data_dir)
+    assert not list(data_dir.rglob("*.tmp")), "no half-extracted file may be left behind"
+
+
+def test_an_mnist_tgz_in_another_layout_is_rejected(tmp_path):
+    with tarfile.open(tmp_path / data.MNIST_ARCHIVE, "w:gz") as tar:
+        payload = gzip.compress(b"x" * 16)
+        info = tarfile.TarInfo("mnist/train-images-idx3-ubyte.gz")  # the download's layout, not torchvision's raw one
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(ValueError, match=r"mnist\.tgz holds no MNIST/raw/ files"):
+        data.load_mnist("train", data_dir=tmp_path)
+
+
+def test_local_copies_ignore_what_runs_leave_behind(tmp_path):
+    assert data.local_copies(tmp_path) == {"cifar10": False, "mnist": False}
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)  # what a failed MNIST download leaves
+    (tmp_path / ".cifar10.lock").touch()
+    assert data.local_copies(tmp_path) == {"cifar10": False, "mnist": False}
+    (tmp_path / "cifar10.tgz").touch()
+    (tmp_path / data.MNIST_ARCHIVE).touch()
+    assert data.local_copies(tmp_path) == {"cifar10": True, "mnist": True}
 
 
 def test_bad_split_names_the_value(tmp_path):
@@ -216,15 +481,56 @@ def test_augmentation_is_a_shifted_and_maybe_flipped_copy():
     assert 0 < flips < len(x)
 
 
-def test_sharded_loaders_are_disjoint_and_cover_everything():
-    toy = _toy_set()
-    mean, std = data.channel_stats(toy)
-    seen = []
-    for rank in range(2):
-        loader = data.BatchLoader(toy, 16, mean, std, shuffle=True, rank=rank, world_size=2)
-        seen.append(torch.cat([x[:, 0, 0, 0] for x, _ in loader]))
-        assert len(loader) == 7
-    assert len(seen[0]) == len(seen[1]) == 100
+def _indexed_set(n: int) -> data.ImageSet:
+    """n images whose pixels all hold the image's own index (n <= 256)."""
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 4, 4, 3)).copy()
+    return data.ImageSet(images, np.arange(n) % 10, tuple(map(str, range(10))), "indexed")
+
+
+def _shard_indices(loader) -> list[int]:
+    # mean 0 and std 1/255 make the normalisation the identity: a pixel reads back as the image's index.
+    return [int(v) for x, _ in loader for v in x[:, 0, 0, 0].round()]
+
+
+def shard_problems(shards: list[list[int]], expected_total: int) -> list[str]:
+    """Why these shards are not disjoint, equal and covering ``expected_total`` samples (empty if they are)."""
+    problems = []
+    for rank, shard in enumerate(shards):
+        if len(set(shard)) != len(shard):
+            problems.append(f"rank {rank} sees a sample twice")
+    for a in range(len(shards)):
+        for b in range(a + 1, len(shards)):
+            if set(shards[a]) & set(shards[b]):
+                problems.append(f"ranks {a} and {b} share {sorted(set(shards[a]) & set(shards[b]))[:5]}...")
+    if len({len(shard) for shard in shards}) > 1:
+        problems.append(f"shard sizes differ: {[len(shard) for shard in shards]}")
+    if len(set().union(*map(set, shards))) != expected_total:
+        problems.append(f"the shards cover {len(set().union(*map(set, shards)))} samples, expected {expected_total}")
+    return problems
+
+
+@pytest.mark.parametrize("world_size, n, batches", [(2, 200, 7), (3, 200, 5)])
+def test_sharded_loaders_are_disjoint_and_cover_everything(world_size, n, batches):
+    toy = _indexed_set(n)
+    mean, std = (0.0,) * 3, (1 / 255,) * 3
+    for epoch in range(2):
+        shards = []
+        for rank in range(world_size):
+            loader = data.BatchLoader(toy, 16, mean, std, shuffle=True, rank=rank, world_size=world_size)
+            loader.set_epoch(epoch)
+            assert len(loader) == batches
+            shards.append(_shard_indices(loader))
+        # 200 samples on 3 ranks: 2 are left out, so that every rank runs as many batches.
+        assert shard_problems(shards, n - n % world_size) == [], f"epoch {epoch}"
+
+
+def test_the_shard_check_catches_overlapping_and_missing_shards():
+    toy = _indexed_set(200)
+    mean, std = (0.0,) * 3, (1 / 255,) * 3
+    rank0 = _shard_indices(data.BatchLoader(toy, 16, mean, std, shuffle=True, rank=0, world_size=2))
+    problems = shard_problems([rank0, rank0], 200)  # two ranks that both took rank 0's shard
+    assert any("ranks 0 and 1 share" in p for p in problems) and any("cover 100 samples" in p for p in problems)
+    assert any("sees a sample twice" in p for p in shard_problems([rank0 + rank0[:1], rank0[1:]], 200))
 
 
 @pytest.mark.parametrize(
@@ -246,3 +552,19 @@ def test_pil_dataset_matches_the_arrays():
     ds = data.to_pil_dataset(toy)
     image, label = ds[7]
     assert np.array_equal(np.asarray(image), toy.images[7]) and label == toy.labels[7]
+
+
+def test_channel_stats_are_exact_and_remembered_only_while_the_images_live():
+    import gc
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (50, 6, 6, 3), dtype=np.uint8)
+    toy = data.ImageSet(images, np.zeros(50, dtype=np.int64), ("a",), "toy")
+    mean, std = data.channel_stats(toy)
+    pixels = images.reshape(-1, 3).astype(np.float64) / 255
+    assert np.allclose(mean, pixels.mean(0), atol=1e-12) and np.allclose(std, pixels.std(0), atol=1e-12)
+    assert data.channel_stats(toy) == (mean, std)
+    remembered = len(data._channel_stats)
+    del toy, images
+    gc.collect()
+    assert len(data._channel_stats) == remembered - 1, "a freed image array must leave the memo"

@@ -3,13 +3,15 @@
 Most behaviour is tested on a toy book (tests/fixtures/grading/book: two pure-Python chapters that
 follow the exercise contract, so a graded run takes seconds) and on submissions built from its
 student copies. The real chapters (book/NN_*.ipynb with exercises) are tested where only they can
-show it: their student copies fail every check, and plausible wrong answers fail theirs (see
-"Real chapters" below for how that is kept cheap).
+show it: their student copies fail every check, and the plausible wrong answers that each chapter
+keeps beside its exercises (wrong-answer cells) fail theirs (see "Real chapters" below for how that
+is kept cheap).
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import csv
 import hashlib
 import json
@@ -26,16 +28,13 @@ from xml.etree import ElementTree
 import nbformat
 import pytest
 
+from scripts import grade, make_exercises, notebook_tags
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "grading"
 TOY_BOOK = FIXTURES / "book"
 SAMPLE_CLASS = FIXTURES / "submissions"
-sys.path.insert(0, str(SCRIPTS))
-
-import grade  # noqa: E402
-import make_exercises  # noqa: E402
-import notebook_tags  # noqa: E402
 
 # A hung grader (a watchdog that failed) must fail the test, not hang CI.
 pytestmark = pytest.mark.timeout(900)
@@ -54,14 +53,19 @@ TOY_RIGHT = {
     ),
     "ex-2-1": "def conv_weights(in_channels, out_channels):\n    return KERNEL * KERNEL * in_channels * out_channels",
 }
-# Plausible wrong answers: ReLU before the addition, floor division by the stride, stepping one epoch late.
+
+
+def wrong_answers_of(nb) -> dict[str, list[tuple[str, str]]]:
+    """{exercise tag: [(what is wrong, source)]}, from the chapter's wrong-answer cells."""
+    return {e.tag: notebook_tags.wrong_answers(nb, e) for e in notebook_tags.find_exercises(nb) if e.wrong_answers}
+
+
+# Plausible wrong answers, kept beside the toy exercises like the real chapters' (one per exercise):
+# ReLU before the addition, floor division by the stride, stepping one epoch late, no kernel size.
 TOY_WRONG = {
-    "ex-1-1": "def residual_unit(x, f):\n    return relu(f(x)) + x",
-    "ex-1-2": "def conv_output_size(size, kernel, stride, padding):\n    return size // stride",
-    "ex-1-3": (
-        "def lr_at(epoch, base, milestones, gamma):\n    return base * gamma ** sum(epoch > m for m in milestones)"
-    ),
-    "ex-2-1": "def conv_weights(in_channels, out_channels):\n    return in_channels * out_channels",
+    tag: answers[0][1]
+    for path in notebook_tags.chapter_notebooks(TOY_BOOK)
+    for tag, answers in wrong_answers_of(notebook_tags.read_notebook(path)).items()
 }
 
 
@@ -157,6 +161,24 @@ def test_a_solution_without_task_comments_is_refused():
         notebook_tags.stub_source("def f(x):\n    return 2 * x", "ex-1-1")
 
 
+SOLVED = [("# task\nx = 1", ["solution", "ex-1-1"]), ("assert x == 1", ["check", "ex-1-1"])]
+WRONG_TAGS = ["wrong-answer", "ex-1-1", "remove-cell", "skip-execution", "nbval-skip"]
+
+
+def test_wrong_answers_are_found_per_exercise():
+    nb = nbformat.v4.new_notebook()
+    for source, tags in [*SOLVED, ("# Wrong answer: off by one\nx = 2", WRONG_TAGS), ("x = 3", [])]:
+        cell = nbformat.v4.new_code_cell(source)
+        cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    (exercise,) = notebook_tags.find_exercises(nb)
+    assert exercise.wrong_answers == [2]
+    assert notebook_tags.wrong_answers(nb, exercise) == [("off by one", "# Wrong answer: off by one\nx = 2")]
+    stripped = notebook_tags.without_wrong_answers(nb)
+    assert [c.source for c in stripped.cells] == ["# task\nx = 1", "assert x == 1", "x = 3"]
+    assert len(nb.cells) == 4, "the notebook itself is left untouched"
+
+
 @pytest.mark.parametrize(
     "cells, problem",
     [
@@ -166,6 +188,12 @@ def test_a_solution_without_task_comments_is_refused():
         ([("assert x", ["check", "ex-1-1"]), ("# task\nx = 1", ["solution", "ex-1-1"])], "before its solution"),
         ([("# task\nx = 1", ["solution", "check", "ex-1-1"])], "both"),
         ([("# task\nx = 1", ["solution", "ex-1-1", "ex-1-2"])], "several exercise tags"),
+        ([*SOLVED, ("# Wrong answer: off by one\nx = 2", ["wrong-answer", "ex-1-1"])], "lacks the tags"),
+        ([*SOLVED, ("x = 2", WRONG_TAGS)], "must start with a line '# Wrong answer: "),
+        ([SOLVED[0], ("# Wrong answer: off by one\nx = 2", WRONG_TAGS), SOLVED[1]], "after its check cell"),
+        ([*SOLVED, ("# Wrong answer: off by one\nx = 2", [*WRONG_TAGS[:1], "ex-1-2", *WRONG_TAGS[2:]])],
+         "no solution and check"),
+        ([*SOLVED, ("# Wrong answer: off by one\nx = 2", ["solution", *WRONG_TAGS])], "neither solution nor check"),
     ],
 )
 def test_a_broken_tag_contract_is_refused(cells, problem):
@@ -186,10 +214,15 @@ def test_student_copy_replaces_only_the_solutions(toy_copies, chapter):
     assert student.metadata[notebook_tags.METADATA_KEY]["chapter"] == chapter
     assert student.cells[0].id == make_exercises.NOTE_CELL_ID
     copied = {cell.id: cell for cell in student.cells[1:]}
-    assert list(copied) == [cell.id for cell in reference.cells], "cells (and their ids) must stay, in order"
+    kept = [cell for cell in reference.cells if not notebook_tags.is_wrong_answer(cell)]
+    assert len(kept) < len(reference.cells), "the toy chapters keep wrong answers beside their exercises"
+    assert list(copied) == [cell.id for cell in kept], "cells (and their ids) must stay, in order, wrong answers left out"
     exercises = [e.label for e in notebook_tags.find_exercises(student)]
     assert exercises == TOY_EXERCISES[chapter]
-    for original in reference.cells:
+    for wrong in (cell for cell in reference.cells if notebook_tags.is_wrong_answer(cell)):
+        code = [line for line in wrong.source.splitlines()[1:] if line.strip()]
+        assert not any(line in cell.source for cell in student.cells for line in code), "a wrong answer leaked"
+    for original in kept:
         cell = copied[original.id]
         assert cell.metadata.get("tags") == original.metadata.get("tags"), f"tags of {original.id} changed"
         if notebook_tags.is_solution(original):
@@ -216,6 +249,27 @@ def test_student_copy_clears_outputs(tmp_path):
     text = (tmp_path / "out" / "01_toy.ipynb").read_text(encoding="utf-8")
     assert "the answer is 42" not in text
     assert all(c.get("execution_count") is None for c in json.loads(text)["cells"] if c["cell_type"] == "code")
+
+
+def test_nbval_skips_the_wrong_answer_cells(tmp_path):
+    """A chapter with wrong-answer cells, run under nbval as `make test` runs the book: nbval skips them
+    (tag nbval-skip) and every other cell passes."""
+    shutil.copy(TOY_BOOK / "01_toy.ipynb", tmp_path)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if key != "PYTEST_ADDOPTS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "01_toy.ipynb", "-c", "pytest.ini", "--rootdir", ".", "-p", "no:cacheprovider",
+         "--nbval-lax", "--nbval-current-env", "--junitxml=junit.xml", "-q"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    nb = notebook_tags.read_notebook(TOY_BOOK / "01_toy.ipynb")
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    wrong = {f"Cell {n}" for n, cell in enumerate(code) if notebook_tags.is_wrong_answer(cell)}
+    cases = list(ElementTree.parse(tmp_path / "junit.xml").getroot().iter("testcase"))
+    assert len(cases) == len(code)
+    assert {case.get("name") for case in cases if case.find("skipped") is not None} == wrong
+    assert not [case.get("name") for case in cases if case.find("failure") is not None or case.find("error") is not None]
 
 
 def test_make_exercises_fails_loudly_on_a_broken_chapter(tmp_path, capsys):
@@ -359,13 +413,12 @@ def toy_class(toy_copies, tmp_path_factory):
     write(elsewhere, submissions / "dana" / "01_toy.ipynb")
 
     before = folder_state(submissions)
-    started = time.perf_counter()
     # Answer cells get a shorter limit than chapter cells: the grader interrupts them itself.
     code, rows = run_grader(
         submissions, root / "grades", "--jobs", "2", "--cell-timeout", "60", "--answer-timeout", str(CLASS_TIMEOUT)
     )
     return {
-        "code": code, "rows": rows, "seconds": time.perf_counter() - started, "out": root / "grades",
+        "code": code, "rows": rows, "out": root / "grades",
         "report": (root / "grades" / "grades.md").read_text(encoding="utf-8"),
         "untouched": folder_state(submissions) == before,
     }  # fmt: skip
@@ -390,12 +443,17 @@ def test_grading_a_class_writes_a_report_and_nothing_else(toy_class):
     # One report per pass, also for the passes that the grader had to stop (deaf_loop's first).
     assert {"kernel_killer__01_toy.xml", "kernel_killer__01_toy.pass2.xml", "right__02_toy.xml",
             "deaf_loop__01_toy.xml", "deaf_loop__01_toy.pass2.xml"} <= junit  # fmt: skip
+    # Exactly the two students who stopped the kernel were graded a second time, and nobody a third:
+    # the interrupted endless loop ("loop") and every other failure cost one pass only.
+    assert sorted(name for name in junit if ".pass" in name) == [
+        "deaf_loop__01_toy.pass2.xml", "kernel_killer__01_toy.pass2.xml"
+    ]  # fmt: skip
+    logs = {path.stem for path in (toy_class["out"] / "logs").glob("*.log")}
+    assert {name.removesuffix(".xml") for name in junit if ".pass" not in name} == logs, "one first pass per notebook run"
     # Whether nbval reported the dead kernel itself or the grader had to stop it, the first pass has a
     # report, and it names the answer cell (code cell 4) that stopped the kernel.
     first_pass = ElementTree.parse(toy_class["out"] / "junit" / "kernel_killer__01_toy.xml").getroot()
     assert "Cell 4" in [case.get("name") for case in first_pass.iter("testcase") if case.find("failure") is not None]
-    # Two students stop the kernel and are graded twice, two more time out: nothing waits for long.
-    assert toy_class["seconds"] < 150, f"grading the toy class took {toy_class['seconds']:.0f} s"
 
 
 def test_untouched_student_copies_fail_every_check(toy_class):
@@ -422,9 +480,97 @@ def test_tampering_with_checks_does_not_help(toy_class, student):
 
 def test_answers_that_reach_into_the_kernel_are_flagged(toy_class):
     note = toy_class["rows"][("sneaky", "01_toy", "1.1")]["note"]
-    assert note == "answer uses get_ipython, input_transformers: read it before trusting the result"
-    assert "(answer uses get_ipython, input_transformers: read it before trusting the result)" in toy_class["report"]
-    assert not any(row["note"] for (student, _, _), row in toy_class["rows"].items() if student != "sneaky")
+    expected = (
+        "answer uses get_ipython, input_transformers (line 3: "
+        "`get_ipython().input_transformers_cleanup.append(lambda lines: [])`): read it before trusting the result"
+    )
+    assert note == expected
+    assert f"({expected})" in toy_class["report"], "the note stands beside the exercise's row"
+    assert f"- sneaky, 01_toy, exercise 1.1: {expected}" in toy_class["report"], "and in the report's notes"
+    flagged = {student for (student, _, _), row in toy_class["rows"].items() if row["note"]}
+    assert flagged == {"sneaky", "kernel_killer"}, "only answers that reach into the kernel are flagged"
+    assert toy_class["rows"][("kernel_killer", "01_toy", "1.2")]["note"].startswith(
+        "answer uses os._exit (line 4: `os._exit(1)`)"
+    )
+
+
+# What an answer may not do, and what it may: (answer, [(line, what)]). The chapter imports torch, nn,
+# models and math and defines `class Plain` (see PROTECTED below).
+CHEATS = [
+    ("def f(x):\n    return x\ntorch.allclose = lambda *args, **kwargs: True", [(3, "patches torch.allclose")]),
+    ("models.BasicBlock = MyBlock", [(1, "patches models.BasicBlock")]),
+    ("nn.Module.__call__ = lambda self, x: x", [(1, "patches nn.Module.__call__")]),
+    ("setattr(torch, 'allclose', len)", [(1, "patches torch (setattr)")]),
+    ("import numpy as np\nnp.testing.assert_allclose = print", [(2, "patches np.testing.assert_allclose")]),
+    ("F = torch.nn.functional\nF.relu = abs", [(2, "patches F.relu")]),
+    ("Plain.forward = lambda self, x: x", [(1, "patches Plain.forward")]),
+    ("del math.isclose", [(1, "patches math.isclose")]),
+    ("torch.__dict__['allclose'] = len", [(1, "patches torch.__dict__['allclose']"), (1, "uses __dict__")]),
+    ("__import__('torch').allclose = len", [(1, "patches __import__('torch').allclose"), (1, "uses __import__")]),
+    ("int.real = 3", [(1, "patches int.real")]),
+    ("import sys\nsys.modules['torch'] = None", [(2, "patches sys.modules['torch']"), (2, "uses sys.modules")]),
+    ("get_ipython().ast_transformers.append(None)", [(1, "uses ast_transformers"), (1, "uses get_ipython")]),
+    ("x = 1  \n# NBVAL_SKIP", [(2, "uses NBVAL_")]),
+    ("import os\nos._exit(0)", [(2, "uses os._exit")]),
+    ("def f(:\n    get_ipython()", [(2, "uses get_ipython")]),  # not Python: its text is searched
+]
+ALLOWED = [
+    "class MyBlock(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.conv = nn.Conv2d(1, 1, 1)",
+    "MyBlock.expansion = 4",  # the answer's own class
+    "model.fc = nn.Linear(4, 2)\nsetattr(model, 'head', None)",  # a chapter variable, not a module or class
+    "%time y = torch.ones(2)",  # a magic: IPython's get_ipython() call is not the student's
+    "from torch import nn\nlayers = [nn.ReLU()]\nlayers[0].inplace = True",
+]
+PROTECTED = grade.protected_names(nbformat.v4.new_notebook(cells=[
+    nbformat.v4.new_code_cell("import math\nimport torch\nfrom torch import nn\nfrom utils import models"),
+    nbformat.v4.new_code_cell("class Plain(nn.Module):\n    pass\nmodel = Plain()"),
+]))  # fmt: skip
+
+
+@pytest.mark.parametrize("answer, expected", CHEATS, ids=[c[0].splitlines()[-1][:30] for c in CHEATS])
+def test_answers_that_patch_modules_classes_or_the_kernel_are_flagged_with_their_line(answer, expected):
+    findings = grade.suspicious_lines(answer, PROTECTED)
+    assert [(line, what) for line, what, _ in findings] == sorted(expected)
+    lines = answer.splitlines()
+    assert all(text == lines[line - 1].strip() for line, _, text in findings)
+
+
+@pytest.mark.parametrize("answer", ALLOWED)
+def test_ordinary_answers_are_not_flagged(answer):
+    assert grade.suspicious_lines(answer, PROTECTED) == []
+
+
+def test_a_monkeypatch_below_a_wrong_answer_is_flagged_in_the_report(tmp_path):
+    """The cheat of the issue: `torch.allclose = lambda *args, **kwargs: True` below a wrong block makes
+    the check pass; the report says so, with the line, beside the row and in its notes."""
+    book = tmp_path / "book"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import torch"),
+        nbformat.v4.new_markdown_cell("## Exercises\n\n### Exercise 1.1: doubling"),
+        nbformat.v4.new_code_cell("# Define `double(x)`: twice the tensor x.\ndef double(x):\n    return 2 * x"),
+        nbformat.v4.new_code_cell('assert torch.allclose(double(torch.ones(3)), torch.full((3,), 2.0)), "double x"'),
+    ])  # fmt: skip
+    nb.cells[2].metadata["tags"] = ["solution", "ex-1-1", "hide-input"]
+    nb.cells[3].metadata["tags"] = ["check", "ex-1-1"]
+    write(nb, book / "01_double.ipynb")
+    wrong = "def double(x):\n    return 3 * x"
+    for student, answer in {"honest": wrong, "cheat": wrong + "\n\ntorch.allclose = lambda *args, **kwargs: True"}.items():
+        submission = copy.deepcopy(nb)
+        submission.cells[2].source = "# Define `double(x)`: twice the tensor x.\n" + answer
+        write(submission, tmp_path / "submissions" / student / "01_double.ipynb")
+    code, rows = run_grader(tmp_path / "submissions", tmp_path / "grades", "--jobs", "2", reference=book)
+    assert code == 0
+    assert rows[("honest", "01_double", "1.1")]["result"] == "fail", "without the patch the wrong answer fails"
+    assert rows[("cheat", "01_double", "1.1")]["result"] == "pass", "the patch fools the check (hence the flag)"
+    assert not rows[("honest", "01_double", "1.1")]["note"]
+    expected = (
+        "answer patches torch.allclose (line 5: `torch.allclose = lambda *args, **kwargs: True`): "
+        "read it before trusting the result"
+    )
+    assert rows[("cheat", "01_double", "1.1")]["note"] == expected
+    report = (tmp_path / "grades" / "grades.md").read_text(encoding="utf-8")
+    assert f"- cheat, 01_double, exercise 1.1: {expected}" in report, "the report's notes show the line"
+    assert f"| cheat | 01_double | 1.1 doubling | pass |  ({expected}) |" in report, "so does the exercise's row"
 
 
 @pytest.mark.parametrize("student", ["untagged", "split"])
@@ -439,7 +585,7 @@ def test_answers_are_found_by_tag_then_by_cell_id(toy_class, student):
         ("syntax", "answer cell: SyntaxError"),
         ("loop", f"answer cell: timed out after {CLASS_TIMEOUT} s (endless loop?)"),
         ("deaf_loop", f"answer cell: no result after {CLASS_TIMEOUT} s, even after an interrupt"),
-        ("kernel_killer", f"answer cell: no result after {CLASS_TIMEOUT} s, even after an interrupt"),
+        ("kernel_killer", "answer cell: the kernel died in this cell (os._exit, a crash or too little memory?)"),
         ("name_only", "check: TypeError: 'NoneType' object is not callable"),
         ("missing", "no answer: the submission has no cell tagged ex-1-2"),
     ],
@@ -581,334 +727,15 @@ def test_make_grade_command_line(tmp_path):
 #      from the exercises) every earlier cell that binds a name the exercise cells read, and so on
 #      transitively (see `chapter_slice`);
 #   2. for each exercise, in one kernel: the stub from make_exercises + the check cells (must fail),
-#      each wrong answer below + the check cells (must fail with an AssertionError, the answer cell
+#      each of the chapter's wrong-answer cells for that exercise (tag `wrong-answer`, placed right after
+#      its check cell, never run by the book build nor by nbval) + the check cells (must fail with an
+#      AssertionError, the answer cell
 #      itself running cleanly), then the reference solution + the check cells (must pass: this
 #      proves the cut-down context is enough, so the failures above are not artefacts of it).
 # A check reads the names its solution defines, so every earlier cell that binds one of them is
 # kept: a stub faces the same leftovers as in the full chapter (a chapter that defined `MyBlock`
 # before the exercise asking for it would let the stub's check pass: step 2 catches exactly that).
 # ------------------------------------------------------------------------------------------------
-
-# Plausible wrong answers: {exercise tag: [(what is wrong, answer source)]}. At least one per chapter.
-WRONG_ANSWERS: dict[str, list[tuple[str, str]]] = {
-    "ex-1-1": [
-        (
-            "the stem convolution and the linear layer not counted",
-            """\
-def cifar_depth(n):
-    return 6 * n
-
-
-def valid_depths(max_depth):
-    return [cifar_depth(n) for n in range(1, max_depth // 6 + 1)]""",
-        ),
-    ],
-    "ex-1-2": [
-        (
-            "the linear layer's biases forgotten",
-            """\
-def cifar_parameter_count(n):
-    stem = 9 * 3 * 16 + 2 * 16
-    stages = sum(9 * c_in * c_out + 9 * c_out * c_out + 4 * c_out + (n - 1) * (18 * c_out * c_out + 4 * c_out)
-                 for c_in, c_out in ((16, 16), (16, 32), (32, 64)))
-    return stem + stages + 64 * 10""",
-        ),
-    ],
-    "ex-1-3": [
-        (
-            "the convolutions zeroed in the original model instead of a copy",
-            """\
-def zero_block_convs(model):
-    for name, module in model.named_modules():
-        if name.startswith("layer") and isinstance(module, nn.Conv2d):
-            nn.init.zeros_(module.weight)
-    return model
-
-
-def depends_on_input(model, x1, x2):
-    model.eval()
-    with torch.no_grad():
-        return not torch.allclose(model(x1), model(x2))""",
-        ),
-    ],
-    "ex-2-1": [
-        (
-            "ReLU applied to the residual branch before the shortcut is added",
-            """\
-class MyBasicBlock(nn.Module):
-    def __init__(self, inplanes, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x):
-        out = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-        return out + (x if self.downsample is None else self.downsample(x))""",
-        ),
-        (
-            "a projection shortcut with the wrong stride (1 instead of the block's)",
-            """\
-class MyBasicBlock(nn.Module):
-    def __init__(self, inplanes, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))""",
-        ),
-    ],
-    "ex-2-2": [
-        (
-            "the zero channels put in front of the input's",
-            """\
-def pad_shortcut(x, out_channels, stride):
-    kept = x[:, :, ::stride, ::stride]
-    zeros = kept.new_zeros(kept.shape[0], out_channels - kept.shape[1], *kept.shape[2:])
-    return torch.cat([zeros, kept], dim=1)""",
-        ),
-    ],
-    "ex-3-1": [
-        (
-            "the ImageNet stem's max-pool forgotten",
-            """\
-def resnet18_output_shapes(height, width, stem="imagenet"):
-    def halve(n):
-        return (n + 2 - 3) // 2 + 1
-    if stem == "imagenet":
-        height, width = (height + 6 - 7) // 2 + 1, (width + 6 - 7) // 2 + 1
-    shapes = {"conv1": (64, height, width), "maxpool": (64, height, width)}
-    for stage, channels in enumerate((64, 128, 256, 512), start=1):
-        if stage > 1:
-            height, width = halve(height), halve(width)
-        shapes[f"layer{stage}"] = (channels, height, width)
-    return shapes""",
-        ),
-    ],
-    "ex-3-2": [
-        (
-            "the projection shortcut counted without its BatchNorm",
-            """\
-def basic_block_parameters(inplanes, planes, stride):
-    count = 9 * inplanes * planes + 9 * planes * planes + 4 * planes
-    if stride != 1 or inplanes != planes:
-        count += inplanes * planes
-    return count""",
-        ),
-    ],
-    "ex-3-3": [
-        (
-            "the projection shortcuts counted as layers",
-            """\
-def count_weighted_layers(model):
-    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())""",
-        ),
-    ],
-    "ex-4-1": [
-        (
-            "the standard deviation taken per image and averaged",
-            """\
-def channel_mean_std(images):
-    pixels = images.astype(np.float64) / 255.0
-    return pixels.mean(axis=(0, 1, 2)), pixels.std(axis=(1, 2)).mean(axis=0)""",
-        ),
-    ],
-    "ex-4-2": [
-        (
-            "precision instead of recall (dividing by the column sums)",
-            """\
-def accuracy_from_confusion(cm):
-    cm = np.asarray(cm)
-    return float(np.trace(cm) / cm.sum())
-
-
-def per_class_recall(cm):
-    cm = np.asarray(cm)
-    return np.diag(cm) / np.maximum(cm.sum(axis=0), 1)""",
-        ),
-    ],
-    "ex-4-3": [
-        (
-            "the rate stepped once per epoch instead of at the milestone's iteration",
-            """\
-def step_decay_lr(step, *, steps_per_epoch, milestones, base_lr=0.1, gamma=0.1):
-    epoch = step // steps_per_epoch
-    return base_lr * gamma ** sum(epoch >= m for m in milestones)""",
-        ),
-    ],
-    "ex-5-1": [
-        (
-            "a bottleneck without the 4x expansion",
-            """\
-class MyBottleneck(nn.Module):
-    def __init__(self, in_channels, width, stride=1):
-        super().__init__()
-        self.branch = nn.Sequential(
-            nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width),
-        )
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_channels != width:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)
-            )
-
-    def forward(self, x):
-        return torch.relu(self.branch(x) + self.shortcut(x))""",
-        ),
-        (
-            "the stride on the first 1x1 convolution (ResNet v1) instead of the 3x3",
-            """\
-class MyBottleneck(nn.Module):
-    def __init__(self, in_channels, width, stride=1):
-        super().__init__()
-        self.branch = nn.Sequential(
-            nn.Conv2d(in_channels, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 4 * width, 1, bias=False), nn.BatchNorm2d(4 * width),
-        )
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_channels != 4 * width:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, 4 * width, 1, stride=stride, bias=False), nn.BatchNorm2d(4 * width)
-            )
-
-    def forward(self, x):
-        return torch.relu(self.branch(x) + self.shortcut(x))""",
-        ),
-    ],
-    "ex-5-2": [
-        (
-            "the projection shortcut's multiply-adds forgotten",
-            """\
-def bottleneck_macs(c_in, width, height, width_px, stride=1):
-    out_h, out_w = (height - 1) // stride + 1, (width_px - 1) // stride + 1
-    return c_in * width * height * width_px + 9 * width * width * out_h * out_w + 4 * width * width * out_h * out_w""",
-        ),
-    ],
-    "ex-5-3": [
-        (
-            "the stem and the fully connected layer not counted",
-            """\
-def resnet_depth(blocks_per_stage, bottleneck):
-    return (3 if bottleneck else 2) * sum(blocks_per_stage)""",
-        ),
-    ],
-    "ex-6-1": [
-        (
-            "the rate divided one iteration after each milestone",
-            """\
-def paper_lr(iteration, depth):
-    if depth >= 110 and iteration < 352:
-        return 0.01
-    return 0.1 * 0.1 ** ((iteration > 32_000) + (iteration > 48_000))""",
-        ),
-    ],
-    "ex-6-2": [
-        (
-            "the population standard deviation (divided by n, not n - 1)",
-            """\
-def seed_summary(records):
-    errors = {}
-    for record in records:
-        if record["done"]:
-            errors.setdefault(record["net"], []).append(record["final"]["test_error"])
-    return {
-        net: (float(np.mean(e)), float(np.std(e)) if len(e) > 1 else float("nan"), len(e)) for net, e in errors.items()
-    }""",
-        ),
-    ],
-    "ex-6-3": [
-        (
-            "the epoch selected on the test error",
-            """\
-def val_selected_test_error(history):
-    return min(history["test_error"])""",
-        ),
-    ],
-    "ex-7-1": [
-        (
-            "the whole tensor normalised at once instead of filter by filter",
-            """\
-def my_normalize_filters(direction, weight):
-    return direction * (weight.norm() / direction.norm())""",
-        ),
-    ],
-    "ex-7-2": [
-        (
-            "the identity as the shortcut even where the block has a downsample",
-            """\
-def shortcut_only(block, x):
-    return torch.relu(x)""",
-        ),
-    ],
-    "ex-8-2": [
-        (
-            "the whole model pickled with torch.save instead of train.save_model",
-            """\
-original = trained["sgd"]
-checkpoint_path = Path(tempfile.mkdtemp()) / "model.pt"
-torch.save(original, checkpoint_path)
-reloaded = torch.load(checkpoint_path, weights_only=False)""",
-        ),
-    ],
-    "ex-8-3": [
-        (
-            "a reshape instead of a permutation of the axes",
-            """\
-def keras_kernel_to_torch(kernel):
-    kernel_height, kernel_width, in_channels, out_channels = kernel.shape
-    return kernel.reshape(out_channels, in_channels, kernel_height, kernel_width)""",
-        ),
-    ],
-    "ex-9-1": [
-        (
-            "the population standard deviation (divided by n, not n - 1)",
-            """\
-def time_with_burn_in(step, burn_in, repeats, clock=time.perf_counter):
-    for _ in range(burn_in):
-        step()
-    durations = []
-    for _ in range(repeats):
-        start = clock()
-        step()
-        durations.append(clock() - start)
-    return statistics.fmean(durations), statistics.pstdev(durations)""",
-        ),
-    ],
-    "ex-9-2": [
-        (
-            "the best throughput over the smallest batch's, instead of the largest batch's",
-            """\
-def images_per_second(mean_ms, batch_size):
-    return batch_size * 1000.0 / mean_ms
-
-
-def batching_gains(measurements):
-    gains = {}
-    for model in {row["model"] for row in measurements}:
-        rows = [row for row in measurements if row["model"] == model]
-        smallest = min(rows, key=lambda row: row["batch_size"])
-        best = max(images_per_second(row["mean_ms"], row["batch_size"]) for row in rows)
-        gains[model] = best / images_per_second(smallest["mean_ms"], smallest["batch_size"])
-    return gains""",
-        ),
-    ],
-}
 
 REAL_CHAPTERS = [path for path in notebook_tags.chapter_notebooks(ROOT / "book")
                  if notebook_tags.find_exercises(notebook_tags.read_notebook(path))]  # fmt: skip
@@ -1015,19 +842,37 @@ def probe_notebook(nb, exercises, wrong: dict[str, list[tuple[str, str]]]):
 
 
 def test_wrong_answers_cover_every_chapter():
-    tags_by_chapter = {
-        path.stem: {e.tag for e in notebook_tags.find_exercises(notebook_tags.read_notebook(path))}
-        for path in REAL_CHAPTERS
-    }
-    every_tag = set().union(*tags_by_chapter.values())
-    stale = sorted(set(WRONG_ANSWERS) - every_tag)
-    assert not stale, f"wrong answers for exercises no chapter has (renumbered?): {stale}"
-    uncovered = sorted(chapter for chapter, tags in tags_by_chapter.items() if not tags & set(WRONG_ANSWERS))
-    assert not uncovered, f"add a plausible wrong answer to WRONG_ANSWERS for an exercise of: {uncovered}"
+    uncovered = [path.stem for path in REAL_CHAPTERS if not wrong_answers_of(notebook_tags.read_notebook(path))]
+    assert not uncovered, f"add a wrong-answer cell (CONTRIBUTING.md, Exercises) to an exercise of: {uncovered}"
+
+
+@pytest.mark.parametrize("path", REAL_CHAPTERS, ids=[p.stem for p in REAL_CHAPTERS])
+def test_wrong_answer_cells_follow_the_convention(path):
+    """Right after their exercise's check cell (or another wrong answer to it), all five tags, a first line
+    saying what is wrong, lines of at most 88 characters, no outputs; student copies leave them out."""
+    nb = notebook_tags.read_notebook(path)
+    for exercise in notebook_tags.find_exercises(nb):
+        expected_place = max(exercise.checks) + 1
+        for index in exercise.wrong_answers:
+            cell = nb.cells[index]
+            where = f"{path.stem} cell {index} ({cell.id}), a wrong answer to {exercise.tag}"
+            assert index == expected_place, f"{where}: must come right after the check cell or another wrong answer"
+            expected_place += 1
+            assert notebook_tags.cell_tags(cell) == ["wrong-answer", exercise.tag, "remove-cell", "skip-execution",
+                                                     "nbval-skip"], where  # fmt: skip
+            assert cell.source.splitlines()[0].startswith("# Wrong answer: "), where
+            assert all(len(line) <= 88 for line in cell.source.splitlines()), f"{where}: a line over 88 characters"
+            assert cell.outputs == [] and cell.execution_count is None, where
+    copy = make_exercises.student_copy(nb, path.stem)
+    assert not any(notebook_tags.is_wrong_answer(cell) for cell in copy.cells), "a student copy keeps a wrong answer"
+    wrong_ids = {nb.cells[i].id for e in notebook_tags.find_exercises(nb) for i in e.wrong_answers}
+    assert not wrong_ids & {cell.id for cell in copy.cells}
 
 
 def probe_problems(nb, wrong: dict[str, list[tuple[str, str]]], tmp_path: Path, name: str) -> list[str]:
-    """Run a chapter's probe notebook through the grader's nbval runner; what is wrong with it."""
+    """Run a chapter's probe notebook through the grader's nbval runner; what is wrong with it.
+
+    ``nb`` is the chapter without its wrong-answer cells; ``wrong`` holds the answers to try."""
     exercises = notebook_tags.find_exercises(nb)
     probe, roles = probe_notebook(nb, exercises, wrong)
     work = tmp_path / "work"
@@ -1078,7 +923,7 @@ def test_the_probe_catches_leaks_and_answers_that_are_not_wrong(tmp_path):
     """The real-chapter test below can fail: a chapter that defines the answer before the exercise
     (so the student copy would pass), a 'wrong' answer that is right, a wrong answer the check
     rejects only by accident (NameError), and a solution whose context the slice misses."""
-    nb = notebook_tags.read_notebook(TOY_BOOK / "01_toy.ipynb")
+    nb = notebook_tags.without_wrong_answers(notebook_tags.read_notebook(TOY_BOOK / "01_toy.ipynb"))
     first_exercise = next(i for i, c in enumerate(nb.cells) if notebook_tags.is_solution(c))
     nb.cells[first_exercise:first_exercise] = [
         nbformat.v4.new_code_cell("def unrelated():\n    return 1"),  # not needed by the exercises: left out
@@ -1112,6 +957,9 @@ def test_the_probe_catches_leaks_and_answers_that_are_not_wrong(tmp_path):
 
 @pytest.mark.parametrize("path", REAL_CHAPTERS, ids=[p.stem for p in REAL_CHAPTERS])
 def test_real_chapter_stubs_and_wrong_answers_fail_their_checks(path, tmp_path):
-    problems = probe_problems(notebook_tags.read_notebook(path), WRONG_ANSWERS, tmp_path, path.stem)
+    """Each exercise's check fails on the stub and on every wrong-answer cell beside it, and passes on the
+    solution."""
+    nb = notebook_tags.read_notebook(path)
+    problems = probe_problems(notebook_tags.without_wrong_answers(nb), wrong_answers_of(nb), tmp_path, path.stem)
     log_tail = (tmp_path / f"{path.stem}.log").read_text(encoding="utf-8")[-3000:]
     assert not problems, "\n".join(problems) + "\n--- probe log (end) ---\n" + log_tail

@@ -4,36 +4,26 @@ Smoke runs only: timings on a shared CPU are noise, so nothing here asserts a sp
 """
 
 import json
-import runpy
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import latency
 from utils import cost, models
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "latency.py"
+
+def _run(args, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [latency.__file__, *args])
+    return latency.main(args)
 
 
-@pytest.fixture()
-def latency(monkeypatch):
-    """The script's namespace (its functions, ``main`` included), loaded without running it."""
-    return runpy.run_path(str(SCRIPT), run_name="not_main")
-
-
-def _run(latency, args, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
-    return latency["main"](args)
-
-
-def test_tiny_run_writes_every_combination_with_costs_and_metadata(latency, tmp_path, monkeypatch):
+def test_tiny_run_writes_every_combination_with_costs_and_metadata(tmp_path, monkeypatch):
     out = tmp_path / "latency.json"
     args = ["--depths", "18", "50", "--batch-sizes", "1", "2", "--image-size", "32",
             "--repeats", "2", "--warmup", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
     threads_before = torch.get_num_threads()
-    report = _run(latency, args, monkeypatch)
+    report = _run(args, monkeypatch)
     assert torch.get_num_threads() == threads_before, "--threads must not leak into the calling process"
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report)), "the JSON file should hold exactly the returned report"
@@ -65,11 +55,11 @@ def test_tiny_run_writes_every_combination_with_costs_and_metadata(latency, tmp_
     assert saved["models"]["resnet50"]["macs_per_image"] > saved["models"]["resnet18"]["macs_per_image"]
 
 
-def test_bf16_autocast_wrapper_runs_in_bfloat16_and_keeps_the_prediction(latency):
+def test_bf16_autocast_wrapper_runs_in_bfloat16_and_keeps_the_prediction():
     torch.manual_seed(0)
     model = models.resnet18(num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
-    wrapper = latency["InferenceWrapper"]
+    wrapper = latency.InferenceWrapper
     with torch.no_grad():
         fp32 = wrapper(model, "fp32", "contiguous")(x)
         bf16 = wrapper(model, "bf16", "channels_last")(x)
@@ -90,15 +80,15 @@ def test_bf16_autocast_wrapper_runs_in_bfloat16_and_keeps_the_prediction(latency
         (["--precisions", "fp16"], "invalid choice: 'fp16'"),
     ],
 )
-def test_bad_options_stop_with_a_clear_message(latency, monkeypatch, capsys, args, message):
+def test_bad_options_stop_with_a_clear_message(monkeypatch, capsys, args, message):
     with pytest.raises(SystemExit) as stopped:
-        _run(latency, [*args, "--out", "/nonexistent/never-written.json"], monkeypatch)
+        _run([*args, "--out", "/nonexistent/never-written.json"], monkeypatch)
     assert stopped.value.code == 2, "argparse errors exit with status 2"
     assert message in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_asking_for_a_missing_gpu_is_an_error(latency, monkeypatch, capsys):
+def test_asking_for_a_missing_gpu_is_an_error(monkeypatch, capsys):
     with pytest.raises(SystemExit):
-        _run(latency, ["--device", "cuda", "--out", "/nonexistent/x.json"], monkeypatch)
+        _run(["--device", "cuda", "--out", "/nonexistent/x.json"], monkeypatch)
     assert "no CUDA GPU is available" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from utils import models
+from utils import models, probes
 
 DEPTHS = [18, 34, 50, 101, 152]
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
@@ -15,39 +15,28 @@ TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_54
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
 
 
-def _randomise_norm_stats(model: nn.Module, seed: int) -> None:
-    """Give every BN non-trivial statistics and affine parameters, so eval mode is a real test."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-
-
 @pytest.mark.parametrize("depth", DEPTHS)
 def test_torchvision_state_dicts_load_both_ways_with_identical_outputs(depth):
     torch.manual_seed(depth)
-    ours = getattr(models, f"resnet{depth}")(num_classes=10).eval()
-    reference = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=10).eval()
-    _randomise_norm_stats(reference, seed=1)
-    x = torch.randn(2, 3, 64, 64)
-
-    ours.load_state_dict(reference.state_dict(), strict=True)
+    ours = getattr(models, f"resnet{depth}")(num_classes=10).train()
+    reference = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=10)
+    differences = models.torchvision_round_trip(ours, reference, (2, 3, 64, 64))
+    assert isinstance(differences, models.RoundTrip) and max(differences) <= 1e-5, differences
+    assert ours.training, "the round trip restores the training mode"
+    # After the round trip both hold the same weights, and BatchNorm is no longer the identity.
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in ours.state_dict().items())
+    assert not torch.equal(ours.bn1.running_var, torch.ones(64))
     with torch.no_grad():
-        assert (ours(x) - reference(x)).abs().max() <= 1e-5
+        assert ours.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 10)
 
-    # ... and back: fresh weights of ours into a fresh torchvision net.
-    torch.manual_seed(depth + 100)
-    ours = getattr(models, f"resnet{depth}")(num_classes=10).eval()
-    _randomise_norm_stats(ours, seed=2)
-    reference = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=10).eval()
-    reference.load_state_dict(ours.state_dict(), strict=True)
-    with torch.no_grad():
-        out = ours(x)
-        assert (out - reference(x)).abs().max() <= 1e-5
-    assert out.shape == (2, 10)
+
+def test_round_trip_sees_a_different_function_and_refuses_different_names():
+    ours = models.resnet18(num_classes=10)
+    ours.relu = nn.Identity()  # the same state_dict, but no ReLU after the stem
+    differences = models.torchvision_round_trip(ours, torchvision.models.resnet18(weights=None, num_classes=10), (1, 3, 64, 64))
+    assert min(differences) > 1e-2, differences
+    with pytest.raises(RuntimeError, match="Missing key|Unexpected key"):
+        models.torchvision_round_trip(models.resnet18(), torchvision.models.resnet34(weights=None), (1, 3, 32, 32))
 
 
 @pytest.mark.parametrize("depth", DEPTHS)
@@ -68,13 +57,7 @@ def test_cifar_parameter_counts_option_a_and_plain(depth):
 
 
 def _stage_shapes(model: models.ResNet, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape))) for n, m in model.stages()]
-    with torch.no_grad():
-        model.eval()(x)
-    for h in hooks:
-        h.remove()
-    return shapes
+    return probes.record_output_shapes(model, x, model.stages())
 
 
 @pytest.mark.parametrize(
@@ -216,3 +199,59 @@ def test_resnet_rejects_bad_arguments(kwargs, message):
 def test_pad_shortcut_rejects_fewer_channels():
     with pytest.raises(ValueError, match="out_channels=8"):
         models.PadShortcut(16, 8)
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding, expected",
+    [
+        (224, 7, 2, 3, 112),  # the ImageNet stem
+        (112, 3, 2, 1, 56),  # its max-pool
+        (56, 3, 2, 1, 28),
+        (57, 3, 2, 1, 29),  # odd sizes round up
+        (32, 3, 1, 1, 32),  # "same" at stride 1
+        (7, 7, 1, 0, 1),
+        (56, 3, 2, (0, 1), 28),  # TensorFlow's asymmetric 'same' padding
+        (224, 7, 2, (2, 3), 112),
+    ],
+)
+def test_conv_output_size_matches_real_layers(size, kernel, stride, padding, expected):
+    assert models.conv_output_size(size, kernel, stride, padding) == expected
+    before, after = padding if isinstance(padding, tuple) else (padding, padding)
+    x = torch.nn.functional.pad(torch.zeros(1, 1, size, size), (before, after, before, after))
+    assert nn.Conv2d(1, 1, kernel, stride=stride)(x).shape[-1] == expected
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((0, 3), "size must be a positive integer, got 0"),
+        ((8, 3, 0), "stride must be a positive integer, got 0"),
+        ((8, 3, 1, -1), r"padding must be a non-negative integer or a pair of them, got -1"),
+        ((8, 3, 1, (1, -1)), r"got \(1, -1\)"),
+        ((2, 5, 1, 1), r"kernel_size=5 is larger than the padded input \(2 \+ padding 1 \+ 1 = 4\)"),
+        ((8.0, 3), "size must be a positive integer, got 8.0"),
+    ],
+)
+def test_conv_output_size_rejects_bad_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        models.conv_output_size(*args)
+
+
+@pytest.mark.parametrize(
+    "builder, depth",
+    [
+        (models.resnet18, 18), (models.resnet34, 34), (models.resnet50, 50), (models.resnet101, 101),
+        (models.resnet152, 152),
+        (lambda: models.resnet_cifar(20), 20), (lambda: models.resnet_cifar(56, shortcut="C"), 56),
+        (lambda: models.resnet_cifar(110, shortcut="B", preact=True), 110), (lambda: models.plain_cifar(32), 32),
+        (lambda: models.ResNet(models.PreActBottleneck, [1, 2, 1], widths=(8, 16, 32), shortcut="C"), 14),
+    ],
+)  # fmt: skip
+def test_main_path_depth_is_the_number_in_the_name(builder, depth):
+    with torch.device("meta"):
+        model = builder()
+    assert models.main_path_depth(model) == depth
+    # The projections are the only weighted layers left out.
+    weighted = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    projections = sum(isinstance(m, nn.Conv2d) for name, m in model.named_modules() if ".downsample." in f".{name}.")
+    assert weighted - projections == depth

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import importlib.util
 import re
 from pathlib import Path
 
@@ -27,19 +26,14 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from scripts import build_book
+from scripts import sync_setup_cells as setup_cells
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-setup_cells = _load_script("sync_setup_cells")
-toc_entries = _load_script("build_book").toc_entries  # the build and the tests read the toc the same way
+toc_entries = build_book.toc_entries  # the one reader of _toc.yml: the build and the tests read it the same way
 NOTEBOOKS = setup_cells.book_notebooks(BOOK)
 CHAPTERS = [p for p in NOTEBOOKS if re.match(r"^\d\d_", p.name) and int(p.name[:2]) >= 1]
 MARKDOWN_PAGES = sorted(BOOK.glob("*.md"))

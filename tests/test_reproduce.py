@@ -1,8 +1,6 @@
-"""scripts/reproduce.py and the reproduction half of utils.analysis: records, resuming, time limits, refusals."""
+"""scripts/reproduce.py and utils.reproduction: records, resuming, time limits, refusals."""
 
-import dataclasses
 import json
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils import analysis, data, train
+from scripts import reproduce
+from utils import data, recipes, reproduction, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce.py"
@@ -33,13 +32,9 @@ def offline(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _script():
-    return runpy.run_path(str(SCRIPT), run_name="not_main")
-
-
 def _main(tmp_path, *args):
     base = ["--out", str(tmp_path / "res"), "--checkpoint-dir", str(tmp_path / "ckpt"), "--no-progress"]
-    return _script()["main"]([*args, *base])
+    return reproduce.main([*args, *base])
 
 
 def _without_seconds(history):
@@ -80,45 +75,45 @@ def test_quick_run_writes_the_schema_stops_at_the_time_limit_and_resumes(offline
 
 
 def test_a_stopped_run_continues_where_it_stopped(offline, monkeypatch):
-    recipe = analysis.QUICK_RECIPE
-    splits = analysis.load_splits(recipe)
+    recipe, plan = recipes.REPRODUCTION_SMOKE, reproduction.SMOKE_DATA
+    splits = reproduction.load_splits(plan)
     paths = {"results_path": offline / "a.json", "checkpoint_path": offline / "a.pt"}
     options = {"splits": splits, "device": "cpu", "log": lambda line: None}
 
-    # A fake clock that advances 10 s per reading: the first epoch "takes" 10 s, and with a
-    # deadline 25 s after the start no second one fits.
+    # A fake clock that advances 10 s per reading: the first epoch "takes" 10 s (readings 10 and
+    # 20), and with a deadline 25 s after the start no second one fits.
     ticks = iter(range(0, 10_000, 10))
-    monkeypatch.setattr(analysis, "_clock", lambda: next(ticks))
-    first = analysis.run_reproduction("plain8", 3, recipe, deadline=25, **paths, **options)
+    monkeypatch.setattr(train, "_clock", lambda: next(ticks))
+    first = reproduction.run_reproduction("plain8", 3, recipe, plan, deadline=25, **paths, **options)
     assert first["epochs_completed"] == 1 and first["done"] is False and "time limit" in first["stopped"]
     assert train.load_checkpoint(paths["checkpoint_path"])["history"]["epoch"] == [1]
 
-    resumed = analysis.run_reproduction("plain8", 3, recipe, **paths, **options)
+    resumed = reproduction.run_reproduction("plain8", 3, recipe, plan, **paths, **options)
     assert resumed["done"] and resumed["history"]["epoch"] == [1, 2]
     assert [i["epochs_before"] for i in resumed["invocations"]] == [0, 1]
     assert [i["epochs_after"] for i in resumed["invocations"]] == [1, 2]
 
-    straight = analysis.run_reproduction(
-        "plain8", 3, recipe, results_path=offline / "b.json", checkpoint_path=offline / "b.pt", **options
+    straight = reproduction.run_reproduction(
+        "plain8", 3, recipe, plan, results_path=offline / "b.json", checkpoint_path=offline / "b.pt", **options
     )
     assert _without_seconds(resumed["history"]) == _without_seconds(straight["history"])
 
 
 def test_resuming_refuses_a_changed_recipe_or_a_missing_checkpoint(offline):
-    splits = analysis.load_splits(analysis.QUICK_RECIPE)
+    recipe, plan = recipes.REPRODUCTION_SMOKE, reproduction.SMOKE_DATA
+    splits = reproduction.load_splits(plan)
     paths = {"results_path": offline / "r.json", "checkpoint_path": offline / "r.pt"}
     options = {"splits": splits, "device": "cpu", "log": lambda line: None}
-    analysis.run_reproduction("resnet8", 0, analysis.QUICK_RECIPE, **paths, **options)
-    other = dataclasses.replace(analysis.QUICK_RECIPE, lr=0.05)
+    reproduction.run_reproduction("resnet8", 0, recipe, plan, **paths, **options)
     with pytest.raises(ValueError, match="different recipe"):
-        analysis.run_reproduction("resnet8", 0, other, **paths, **options)
+        reproduction.run_reproduction("resnet8", 0, recipe.replace(lr=0.05), plan, **paths, **options)
 
     record = json.loads(paths["results_path"].read_text())
     record["done"], record["epochs_completed"] = False, 1  # as if it had stopped after one epoch
     paths["results_path"].write_text(json.dumps(record))
     paths["checkpoint_path"].unlink()
     with pytest.raises(FileNotFoundError, match="checkpoint .* is missing"):
-        analysis.run_reproduction("resnet8", 0, analysis.QUICK_RECIPE, **paths, **options)
+        reproduction.run_reproduction("resnet8", 0, recipe, plan, **paths, **options)
 
 
 def test_full_mode_refuses_the_digits_fallback(offline, monkeypatch):
@@ -169,30 +164,12 @@ def test_jobs_start_one_process_per_run_within_the_limit(offline, monkeypatch):
         assert 0 < float(command[command.index("--max-minutes") + 1]) <= 5
 
 
-def test_the_paper_schedule_in_epochs_gives_the_paper_learning_rates():
-    steps = 352  # ceil(45,000 / 128)
-    for net, warm in [("resnet56", False), ("resnet110", True)]:
-        schedule = analysis.fit_schedule(analysis.PAPER_RECIPE, analysis.parse_net(net)[1], steps)
-        assert schedule["epochs"] == 182 and schedule["epochs"] * steps >= 64_000 > (schedule["epochs"] - 1) * steps
-        # What fit does with the schedule: milestones and warm-up in iterations.
-        factor = lambda step: train.lr_factor(  # noqa: E731
-            step, total_steps=schedule["epochs"] * steps, schedule="multistep",
-            milestones=tuple(round(m * steps) for m in schedule["milestones"]),
-            warmup_steps=round(schedule["warmup_epochs"] * steps), warmup="constant", warmup_factor=0.1,
-        )  # fmt: skip
-        rates = {step: 0.1 * factor(step) for step in (0, 351, 352, 31_999, 32_000, 47_999, 48_000, 63_999)}
-        assert rates[0] == pytest.approx(0.01 if warm else 0.1) and rates[351] == pytest.approx(0.01 if warm else 0.1)
-        assert rates[352] == pytest.approx(0.1) and rates[31_999] == pytest.approx(0.1)
-        assert rates[32_000] == pytest.approx(0.01) and rates[47_999] == pytest.approx(0.01)
-        assert rates[48_000] == pytest.approx(0.001) and rates[63_999] == pytest.approx(0.001)
-
-
 def test_nets_are_named_by_kind_and_depth():
-    assert analysis.parse_net("resnet110") == (True, 110) and analysis.parse_net("plain20") == (False, 20)
+    assert reproduction.parse_net("resnet110") == (True, 110) and reproduction.parse_net("plain20") == (False, 20)
     for bad in ("resnet21", "vgg16", "plain", "resnet2"):
         with pytest.raises(ValueError, match="unknown net"):
-            analysis.parse_net(bad)
-    resnet, plain = analysis.build_net("resnet20"), analysis.build_net("plain20")
+            reproduction.parse_net(bad)
+    resnet, plain = reproduction.build_net("resnet20"), reproduction.build_net("plain20")
     count = sum(p.numel() for p in resnet.parameters())
     assert count == sum(p.numel() for p in plain.parameters())  # option A shortcuts have no weights
     assert round(count / 1e6, 2) == 0.27  # Table 6: "0.27M"
@@ -212,23 +189,23 @@ def test_comparison_table_averages_seeds_and_compares_with_table_6():
     records = [_record("resnet20", 0, [20.0, 8.5]), _record("resnet20", 1, [19.0, 9.0]),
                _record("resnet56", 0, [30.0, 8.0]), _record("plain20", 0, [25.0, 10.0]),
                _record("resnet110", 0, [40.0], done=False)]  # fmt: skip
-    table = analysis.comparison_table(records)
+    table = reproduction.comparison_table(records)
     assert list(table.index) == ["plain20", "resnet20", "resnet56"]  # unfinished runs are left out
     row = table.loc["resnet20"]
     assert row["runs"] == 2 and row["test error (%)"] == pytest.approx(8.75)
     assert row["std"] == pytest.approx(np.std([8.5, 9.0], ddof=1)) and row["within"]
     assert table.loc["resnet56", "difference"] == pytest.approx(8.0 - 6.97) and not table.loc["resnet56", "within"]
     assert np.isnan(table.loc["plain20", "paper (%)"]) and table.loc["plain20", "within"] is None
-    assert analysis.final_errors(records) == {"resnet20": [8.5, 9.0], "resnet56": [8.0], "plain20": [10.0]}
+    assert reproduction.final_errors(records) == {"resnet20": [8.5, 9.0], "resnet56": [8.0], "plain20": [10.0]}
 
-    missing = analysis.outstanding_runs(records, nets=("resnet20", "resnet110"), seeds=(0, 1))
+    missing = reproduction.outstanding_runs(records, nets=("resnet20", "resnet110"), seeds=(0, 1))
     assert missing == ["resnet110-seed0 (1/6 epochs)", "resnet110-seed1 (not started)"]
 
 
 def test_degradation_figure_draws_train_and_test_curves_per_net():
     records = [_record("plain20", 0, [30.0, 20.0]), _record("plain20", 1, [32.0, 22.0, 12.0]),
                _record("resnet20", 0, [25.0, 15.0]), _record("resnet56", 0, [24.0, 12.0])]  # fmt: skip
-    plain_ax, residual_ax = analysis.plot_degradation(records)
+    plain_ax, residual_ax = reproduction.plot_degradation(records)
     assert len(plain_ax.lines) == 2 and len(residual_ax.lines) == 4  # dashed training + solid test per net
     test_curve = plain_ax.lines[1]
     # The mean over seeds, on the epochs both runs reached.
@@ -243,17 +220,17 @@ def test_results_load_sorted_by_net_and_filtered_by_mode(tmp_path):
         (folder / f"{record['net']}-seed{record['seed']}.json").write_text(json.dumps(record))
     quick = _record("resnet32", 0, [50.0]) | {"mode": "quick"}
     (folder / "resnet32-seed0.json").write_text(json.dumps(quick))
-    loaded = analysis.load_results(folder, mode="full")
+    loaded = reproduction.load_results(folder, mode="full")
     assert [(r["net"], r["seed"]) for r in loaded] == [("plain56", 0), ("resnet20", 0), ("resnet20", 1)]
-    assert len(analysis.load_results(folder)) == 4 and analysis.load_results(tmp_path / "none") == []
+    assert len(reproduction.load_results(folder)) == 4 and reproduction.load_results(tmp_path / "none") == []
 
 
 def test_a_trained_checkpoint_loads_back(offline):
-    splits = analysis.load_splits(analysis.QUICK_RECIPE)
+    splits = reproduction.load_splits(reproduction.SMOKE_DATA)
     checkpoint = offline / "c.pt"
-    analysis.run_reproduction("resnet8", 0, analysis.QUICK_RECIPE, results_path=offline / "c.json",
+    reproduction.run_reproduction("resnet8", 0, recipes.REPRODUCTION_SMOKE, results_path=offline / "c.json",
                               checkpoint_path=checkpoint, splits=splits, device="cpu",
                               log=lambda line: None)  # fmt: skip
-    model = analysis.load_trained("resnet8", checkpoint)
+    model = reproduction.load_trained("resnet8", checkpoint)
     saved = train.load_checkpoint(checkpoint)["model"]
     assert not model.training and all(torch.equal(saved[k], v) for k, v in model.state_dict().items())

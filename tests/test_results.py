@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import torch
 
-from utils import results
+from utils import files, results
 
 
 def _git(cwd, *args):
@@ -50,6 +50,7 @@ def test_a_copy_without_git_takes_the_commit_from_the_environment(tmp_path, monk
 
 
 def test_write_json_is_atomic_and_round_trips(tmp_path):
+    assert results.write_json is files.write_json and results.read_json is files.read_json, "one atomic writer"
     out = results.write_json(tmp_path / "deep" / "r.json", {"x": 1.5, "y": [1, 2]})
     assert json.loads(out.read_text()) == {"x": 1.5, "y": [1, 2]} == results.read_json(out)
     with pytest.raises(TypeError):

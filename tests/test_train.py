@@ -1,6 +1,7 @@
-"""utils.train: the loop learns, repeats exactly, checkpoints and resumes."""
+"""utils.train: the loop learns, repeats exactly, checkpoints, resumes and keeps to a deadline."""
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -8,6 +9,9 @@ import torch
 from torch import nn
 
 from utils import data, models, train
+from utils.recipes import Recipe, lr_schedule
+
+RECIPE = Recipe(epochs=2, lr=0.05)
 
 
 def _toy_loaders(seed=0, n_per_class=16, size=8):
@@ -24,11 +28,11 @@ def _tiny_model():
     return models.ResNet(models.BasicBlock, [1, 1], num_classes=4, stem="cifar", widths=(8, 16))
 
 
-def _run(epochs=2, **kwargs):
+def _run(recipe=RECIPE, **options):
     train.set_seed(0)
     model = _tiny_model()
     train_loader, evals = _toy_loaders()
-    history = train.fit(model, train_loader, evals, epochs=epochs, lr=0.05, progress=False, device="cpu", **kwargs)
+    history = train.fit(model, train_loader, evals, recipe=recipe, progress=False, **options)
     return model, history
 
 
@@ -40,7 +44,7 @@ def test_a_few_steps_on_one_batch_lower_the_loss():
     train.set_seed(0)
     model = _tiny_model()
     x, y = next(iter(_toy_loaders()[0]))
-    optimizer = train.make_optimizer(model, lr=0.05)
+    optimizer = train.make_optimizer(model, RECIPE)
     losses = []
     for _ in range(15):
         loss = nn.functional.cross_entropy(model(x), y)
@@ -52,12 +56,33 @@ def test_a_few_steps_on_one_batch_lower_the_loss():
 
 
 def test_fit_returns_a_history_and_learns():
-    _, history = _run(epochs=3)
+    _, history = _run(RECIPE.replace(epochs=3))
     assert list(history) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
     assert history["epoch"] == [1, 2, 3] and all(len(v) == 3 for v in history.values())
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert history["test_acc"][-1] > 0.5  # 4 classes: chance is 0.25
-    assert history["lr"][-1] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
+
+
+def test_fit_uses_the_rates_of_lr_schedule_at_every_iteration():
+    recipe = Recipe(epochs=3, lr=0.1, schedule="multistep", milestones=(1.5,), warmup_epochs=0.5)
+    train.set_seed(0)
+    model = _tiny_model()
+    train_loader, _ = _toy_loaders()
+    seen = []
+    original = train.train_one_epoch
+
+    def spy(net, loader, optimizer, rates, *args, **kwargs):
+        seen.extend(rates)
+        return original(net, loader, optimizer, rates, *args, **kwargs)
+
+    train.train_one_epoch = spy
+    try:
+        history = train.fit(model, train_loader, recipe=recipe, progress=False)
+    finally:
+        train.train_one_epoch = original
+    expected = lr_schedule(recipe, len(train_loader))
+    assert seen == expected
+    assert history["lr"] == [expected[(e + 1) * len(train_loader) - 1] for e in range(3)]
 
 
 def test_two_seeded_cpu_runs_are_identical():
@@ -66,6 +91,18 @@ def test_two_seeded_cpu_runs_are_identical():
     assert _without_time(history_a) == _without_time(history_b)
     for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_fit_changes_nothing_about_the_model_but_its_weights():
+    train.set_seed(0)
+    model = _tiny_model().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_loader, _ = _toy_loaders()
+    train.fit(model, train_loader, recipe=RECIPE, channels_last=True, progress=False)
+    assert not model.training, "fit should restore the model's mode"
+    assert model.conv1.weight.is_contiguous(), "fit should restore the memory format"
+    assert model.conv1.weight.device.type == "cpu"
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()), "fit should train"
 
 
 class _Interrupt(Exception):
@@ -90,27 +127,76 @@ class _StopAtEpoch:
         return iter(self.loader)
 
 
+class _NoisyModel(nn.Module):
+    """A tiny net whose forward draws from every RNG a resumed run must restore."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _tiny_model()
+
+    def forward(self, x):
+        noise = torch.rand(()) + float(np.random.rand()) + random.random()  # CPU, NumPy, Python
+        return self.net(x) * (1 + 0.01 * noise)
+
+
+RESUMED = Recipe(epochs=3, lr=0.05, schedule="multistep", milestones=(1.5,))
+
+
 def test_resuming_from_a_checkpoint_continues_the_same_run(tmp_path):
-    straight_model, straight = _run(epochs=3, schedule="multistep", milestones=[1.5])
+    train.set_seed(0)
+    straight_model = _NoisyModel()
+    train_loader, evals = _toy_loaders()
+    straight = train.fit(straight_model, train_loader, evals, recipe=RESUMED, progress=False)
 
     ckpt = tmp_path / "run.pt"
     train.set_seed(0)
-    model = _tiny_model()
-    train_loader, evals = _toy_loaders()
+    model = _NoisyModel()
     with pytest.raises(_Interrupt):
-        train.fit(model, _StopAtEpoch(train_loader, 2), evals, epochs=3, lr=0.05, schedule="multistep",
-                  milestones=[1.5], progress=False, device="cpu", checkpoint=ckpt)  # fmt: skip
+        train.fit(model, _StopAtEpoch(train_loader, 2), evals, recipe=RESUMED, progress=False, checkpoint=ckpt)
     assert train.load_checkpoint(ckpt)["history"]["epoch"] == [1, 2]
     assert not [p for p in tmp_path.iterdir() if p.name != "run.pt"]  # no temp files
 
-    train.set_seed(123)  # a fresh process would not share our RNG state
-    resumed_model = _tiny_model()
+    train.set_seed(123)  # a fresh process would not share our RNG states
+    np.random.seed(123)
+    random.seed(123)
+    resumed_model = _NoisyModel()
     train_loader, evals = _toy_loaders()
-    resumed = train.fit(resumed_model, train_loader, evals, epochs=3, lr=0.05, schedule="multistep",
-                        milestones=[1.5], progress=False, device="cpu", checkpoint=ckpt)  # fmt: skip
+    resumed = train.fit(resumed_model, train_loader, evals, recipe=RESUMED, progress=False, checkpoint=ckpt)
     assert _without_time(resumed) == _without_time(straight)
     for a, b in zip(straight_model.state_dict().values(), resumed_model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_checkpoint_of_another_run_is_never_resumed(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    _run(checkpoint=ckpt)
+    with pytest.raises(ValueError, match=r"checkpoint of another run \(its recipe differ"):
+        _run(RECIPE.replace(lr=0.01), checkpoint=ckpt)
+    train_loader, _ = _toy_loaders()
+    wider = models.ResNet(models.BasicBlock, [1, 1], num_classes=4, stem="cifar", widths=(8, 32))
+    with pytest.raises(ValueError, match="its model differ"):
+        train.fit(wider, train_loader, recipe=RECIPE, checkpoint=ckpt, progress=False)
+
+
+def test_a_finished_checkpoint_trains_no_further(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    model, first = _run(checkpoint=ckpt)
+    again_model, again = _run(checkpoint=ckpt)
+    assert again == first
+    for a, b in zip(model.state_dict().values(), again_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_the_deadline_stops_between_epochs(monkeypatch, tmp_path):
+    clock = iter(range(0, 10_000, 10))  # every reading 10 s later than the one before
+    monkeypatch.setattr(train, "_clock", lambda: next(clock))
+    ckpt = tmp_path / "run.pt"
+    # Reading 0 before epoch 1 (deadline 25 s away: try one); epoch 1 takes 10 s by the fake
+    # clock (readings 10 and 20); reading 30 before epoch 2 is past the deadline: stop.
+    _, history = _run(RECIPE.replace(epochs=5), checkpoint=ckpt, deadline=25)
+    assert history["epoch"] == [1]
+    _, nothing = _run(RECIPE.replace(epochs=5), checkpoint=tmp_path / "b.pt", deadline=-1)
+    assert nothing["epoch"] == []
 
 
 def test_the_fast_path_options_train_and_checkpoint_plain_weights(tmp_path):
@@ -120,16 +206,21 @@ def test_the_fast_path_options_train_and_checkpoint_plain_weights(tmp_path):
     this catches what the options do to ``fit`` (wrapping, memory formats, checkpoint keys), not GPU codegen.
     """
     ckpt = tmp_path / "fast.pt"
-    model, history = _run(epochs=2, amp=True, channels_last=True, compile=True, checkpoint=ckpt)
+    model, history = _run(precision="bf16", channels_last=True, compile=True, checkpoint=ckpt)
     assert all(math.isfinite(v) for v in history["train_loss"] + history["test_loss"])
     assert history["train_loss"][-1] < history["train_loss"][0]
-    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert model.conv1.weight.dtype == torch.float32, "autocast computes in bf16 but keeps fp32 weights"
     saved = train.load_checkpoint(ckpt)["model"]
     assert list(saved) == list(_tiny_model().state_dict()), "no _orig_mod. prefixes: the checkpoint loads into a plain model"
     # bf16 rounding changes the numbers, but not what is learnt: the plain fp32 run gets about as far.
-    _, plain = _run(epochs=2)
+    _, plain = _run()
     assert abs(history["test_acc"][-1] - plain["test_acc"][-1]) <= 0.25
+
+
+def test_precision_is_chosen_by_device():
+    assert train.default_precision("cpu") == "fp32"
+    with pytest.raises(ValueError, match=r"precision='fp8'; expected one of"):
+        _run(precision="fp8")
 
 
 def test_save_and_load_model_round_trip_without_prefixes(tmp_path):
@@ -155,34 +246,18 @@ def test_checkpoints_load_with_weights_only(tmp_path):
         train.load_checkpoint(tmp_path / "evil.pt")
 
 
-def test_learning_rate_factors():
-    steps = 100
-    multistep = [train.lr_factor(s, total_steps=steps, schedule="multistep", milestones=(50, 75)) for s in range(steps)]
-    assert multistep[49] == 1.0 and multistep[50] == pytest.approx(0.1) and multistep[75] == pytest.approx(0.01)
-    cosine = [train.lr_factor(s, total_steps=steps, schedule="cosine") for s in range(steps + 1)]
-    assert cosine[0] == 1.0 and cosine[50] == pytest.approx(0.5) and cosine[100] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(cosine, cosine[1:]))
-    constant_warmup = [train.lr_factor(s, total_steps=steps, schedule="constant", warmup_steps=10, warmup="constant",
-                                       warmup_factor=0.1) for s in range(12)]  # fmt: skip
-    assert constant_warmup[:10] == [0.1] * 10 and constant_warmup[10:] == [1.0, 1.0]
-    linear = [train.lr_factor(s, total_steps=steps, warmup_steps=10) for s in range(11)]
-    assert linear[0] == pytest.approx(0.1) and linear[10] == 1.0 and linear[5] == pytest.approx(0.55)
-
-
-def test_scheduler_drives_the_optimizer_per_iteration():
-    model = _tiny_model()
-    optimizer = train.make_optimizer(model, lr=0.1)
-    scheduler = train.make_scheduler(optimizer, total_steps=10, schedule="multistep", milestones=[3])
-    rates = []
-    for _ in range(5):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert rates == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01])
+def test_rng_state_round_trips_every_generator():
+    train.set_seed(5)
+    state = train.rng_state()
+    first = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    train.set_seed(99)
+    train.set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
 
 
 def test_weight_decay_skips_norm_and_bias_parameters():
-    groups = train.make_optimizer(_tiny_model(), lr=0.1, weight_decay=5e-4).param_groups
+    groups = train.make_optimizer(_tiny_model(), Recipe(epochs=1, weight_decay=5e-4)).param_groups
     assert all(p.ndim > 1 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 5e-4
     assert all(p.ndim == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0
 
@@ -210,19 +285,6 @@ def test_layer_grad_norms_cover_every_weight_layer_in_order():
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"epochs": 0}, "epochs must be a positive integer, got 0"),
-        ({"schedule": "linear"}, r"unknown schedule 'linear'; expected one of \('constant', 'multistep', 'cosine'\)"),
-        ({"warmup": "exp"}, r"unknown warmup 'exp'"),
-        ({"lr": -0.1}, "lr must be positive, got -0.1"),
-        ({"label_smoothing": 1.0}, r"label_smoothing=1.0 must be in \[0, 1\)"),
-        ({"warmup_epochs": 10}, r"warmup_steps=40 must be in \[0, total_steps=8\]"),
-    ],
-)
-def test_fit_rejects_bad_arguments(kwargs, message):
-    args = {"epochs": 2} | kwargs
-    train_loader, _ = _toy_loaders()
-    with pytest.raises(ValueError, match=message):
-        train.fit(_tiny_model(), train_loader, epochs=args.pop("epochs"), progress=False, device="cpu", **args)
+def test_fit_rejects_an_empty_loader():
+    with pytest.raises(ValueError, match="steps_per_epoch=0 must be a positive integer"):
+        train.fit(_tiny_model(), [], recipe=RECIPE, progress=False)

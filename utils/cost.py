@@ -16,6 +16,11 @@ Only convolutions and matrix products are counted, as in the paper and in most
 published tables. BatchNorm, ReLU, the residual additions and pooling are cheap
 element-wise work and are left out; so are the bias additions.
 
+``layer_table`` lists, for each module down to a given depth, its output shape, parameters and
+multiply-adds, from one counting pass (a table like torchinfo's summary, narrow enough for a
+book page); ``format_layer_table`` makes its numbers readable. ``PAPER_TABLE1_GFLOPS`` holds the
+paper's own counts.
+
 ``forward_latency`` times forward passes: a few warm-up passes, then the mean
 and standard deviation over repeated passes, synchronising a GPU around each
 pass so that its asynchronous kernels are timed whole.
@@ -34,7 +39,24 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["run_flop_counter", "count_macs", "macs_by_module", "Latency", "forward_latency"]
+from .probes import recording_calls
+
+__all__ = [
+    "PAPER_TABLE1_GFLOPS",
+    "run_flop_counter",
+    "count_macs",
+    "macs_by_module",
+    "layer_table",
+    "format_layer_table",
+    "Latency",
+    "forward_latency",
+]
+
+# He et al. 2016, Table 1, bottom row: "FLOPs" of the ImageNet ResNets for one 224x224 image, in
+# units of 10^9. These "FLOPs" are multiply-adds (ResNet-34's 3.6 x 10^9 is what count_macs gives
+# for it), as are the "GFLOPS" torchvision documents for its weights: compare them with
+# count_macs / 1e9, not with a FLOP counter's total (twice as large).
+PAPER_TABLE1_GFLOPS = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7.6, "resnet152": 11.3}
 
 
 def _check_size(name: str, size: Sequence[int]) -> tuple[int, ...]:
@@ -105,11 +127,107 @@ def macs_by_module(model: nn.Module, input_size: Sequence[int]) -> dict[str, int
     ``result["layer1.0.conv1"]`` one convolution. Modules without convolutions
     or matrix products (BatchNorm, ReLU, pooling) are left out.
     """
-    counts = run_flop_counter(model, input_size).get_flop_counts()
+    return _macs_by_name(run_flop_counter(model, input_size))
+
+
+def _macs_by_name(counter: FlopCounterMode) -> dict[str, int]:
     # The counter names modules "<RootClass>.layer1.0.conv1" and adds a "Global" total: drop both.
+    counts = counter.get_flop_counts()
     return {
         name.partition(".")[2]: sum(per_op.values()) // 2 for name, per_op in counts.items() if name != "Global"
     }
+
+
+def _table_modules(model: nn.Module, depth: int) -> list[tuple[str, nn.Module]]:
+    """The modules ``depth`` levels below ``model``, and the leaves above that level, in order.
+
+    Together they cover the whole model once: depth 1 gives the direct children, depth 2 the
+    children's children (a child without children stays as it is), and so on.
+    """
+    rows = []
+
+    def visit(prefix: str, module: nn.Module, level: int) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}{name}"
+            if level == depth or next(child.children(), None) is None:
+                rows.append((full, child))
+            else:
+                visit(f"{full}.", child, level + 1)
+
+    visit("", model, 1)
+    return rows
+
+
+def layer_table(model: nn.Module, input_size: Sequence[int], depth: int = 1):
+    """One row per module ``depth`` levels down: its type, output shape, parameters and multiply-adds.
+
+    A pandas DataFrame indexed by module name (``"layer1"``, or ``"layer1.0"`` at depth 2) with
+    the columns ``type``, ``output`` (the output shape, batch first, as a tuple), ``params``,
+    ``% params`` (of the whole model) and ``MACs`` (multiply-adds for a batch of shape
+    ``input_size``, see ``count_macs``). The numbers are exact, so the rows add up to
+    ``count_parameters`` and ``count_macs``; ``format_layer_table`` prints them readably.
+    Rows follow the order of the forward pass. Modules without children above ``depth`` are rows
+    of their own, so the rows always cover the whole model once. Parameters that a module holds
+    directly next to its children (none in ``utils.models``) are not in any row.
+
+    Shapes and counts come from one pass on the meta device (``run_flop_counter``) with forward
+    hooks on the rows' modules (``utils.probes.recording_calls``): the model is not touched.
+    torchinfo's ``summary(model, input_size, depth=1)`` prints a similar table.
+    """
+    import pandas as pd  # local: only the tables need pandas
+
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be a positive integer (1: the direct children), got {depth!r}")
+    rows = _table_modules(model, depth)
+    with recording_calls(model, rows) as calls:
+        counter = run_flop_counter(model, input_size)
+    # A pass that fell back from the meta device to a real one recorded some calls twice: the last one counts.
+    outputs = {call.name: call.output for call in calls}
+    # Rows in the order the forward pass runs them (registration order can differ: torchvision's
+    # ResNet registers maxpool before bn1); modules that never ran go last.
+    first_call = {}
+    for index, call in enumerate(calls):
+        first_call.setdefault(call.name, index)
+    rows.sort(key=lambda row: first_call.get(row[0], len(calls)))
+    macs = _macs_by_name(counter)
+    total_params = sum(p.numel() for p in model.parameters())
+    table = pd.DataFrame(
+        [
+            {
+                "layer": name,
+                "type": type(module).__name__,
+                "output": outputs.get(name),
+                "params": sum(p.numel() for p in module.parameters()),
+                "MACs": macs.get(name, 0),
+            }
+            for name, module in rows
+        ],
+        columns=["layer", "type", "output", "params", "MACs"],
+    ).set_index("layer")
+    table.insert(3, "% params", 100 * table["params"] / max(total_params, 1))
+    return table
+
+
+def _shape_text(shape) -> str:
+    if shape is None:
+        return "-"
+    if shape and isinstance(shape[0], tuple):  # several outputs
+        return ", ".join(_shape_text(s) for s in shape)
+    return "x".join(str(s) for s in shape)
+
+
+def format_layer_table(table):
+    """``layer_table``'s numbers as text for reading: ``11,689,512``, ``1x64x56x56``, ``4.8``.
+
+    Returns a new DataFrame of strings whose printed and HTML forms stay narrow (under 88
+    characters for the ImageNet ResNets at depth 1 and 2): compute with ``table``, show this.
+    """
+    shown = table.copy()
+    shown["output"] = [_shape_text(shape) for shape in table["output"]]
+    shown["params"] = [f"{n:,}" for n in table["params"]]
+    shown["% params"] = [f"{share:.1f}" for share in table["% params"]]
+    shown["MACs"] = [f"{n:,}" for n in table["MACs"]]
+    return shown
 
 
 class Latency(NamedTuple):

@@ -4,8 +4,8 @@
     A context manager that hands out a temporary file beside the target and renames it over
     the target only when the block finishes without an error: readers see the old file or the
     new one, never a half-written one, and an interrupted write leaves nothing behind.
-``write_json`` / ``read_json``
-    Indented JSON, written atomically.
+``write_text`` / ``write_json`` / ``read_json``
+    Text and indented JSON, written atomically.
 ``file_lock``
     An exclusive advisory lock (``fcntl.flock``) on a lock file, for work that two processes may
     start at the same time: two notebooks decoding CIFAR-10 into the same cache, ``pytest -n 2``,
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "write_json", "read_json", "file_lock", "repo_root", "repo_file"]
+__all__ = ["atomic_write", "write_text", "write_json", "read_json", "file_lock", "repo_root", "repo_file"]
 
 REPO_VARIABLE = "RESNET_REPO"
 
@@ -37,7 +37,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
 
     ``mode`` is ``"wb"`` (default) or ``"w"`` (text, UTF-8 unless ``encoding`` says otherwise).
     The parent folder is created. On any exception the temporary file is removed and
-    ``path`` keeps its old content (or stays absent).
+    ``path`` keeps its old content (or stays absent). The new file gets the permissions of the
+    file it replaces, or those a plain ``open`` would give a new file (not ``mkstemp``'s 0600,
+    which would hide a shared data cache from other users).
 
     >>> with atomic_write("/tmp/example.txt", "w") as f:
     ...     _ = f.write("all or nothing")
@@ -53,6 +55,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         else:
             stream = os.fdopen(fd, "wb")
         with stream:
+            os.chmod(tmp, _permissions_for(path))
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
@@ -60,6 +63,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _permissions_for(path: Path) -> int:
+    """The mode bits of the file ``path`` if it exists, else what ``open`` would create under the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0o022)  # the only portable way to read the umask is to set it and put it back
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically; return the path."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, payload: object) -> Path:
@@ -71,6 +91,7 @@ def write_json(path: str | os.PathLike, payload: object) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> dict:
+    """The JSON document in ``path``."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 

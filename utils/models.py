@@ -22,6 +22,7 @@ cited as [v2].
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,10 @@ __all__ = [
     "resnet_cifar",
     "plain_cifar",
     "count_parameters",
+    "conv_output_size",
+    "main_path_depth",
+    "RoundTrip",
+    "torchvision_round_trip",
     "SHORTCUT_OPTIONS",
     "STEMS",
 ]
@@ -506,3 +511,97 @@ def plain_cifar(depth: int, num_classes: int = 10, **kwargs) -> ResNet:
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int | tuple[int, int] = 0) -> int:
+    """Output length along one axis of a convolution or pooling layer: floor((n + 2p - k) / s) + 1.
+
+    ``padding`` is the zeros added on each side, or a pair (before, after) for asymmetric padding
+    such as TensorFlow's ``'same'``: then floor((n + before + after - k) / s) + 1.
+
+    >>> conv_output_size(224, kernel_size=7, stride=2, padding=3)
+    112
+    """
+    before, after = (padding, padding) if not isinstance(padding, (tuple, list)) else tuple(padding)
+    for name, value in (("size", size), ("kernel_size", kernel_size), ("stride", stride)):
+        _check_positive_int(name, value)
+    for value in (before, after):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"padding must be a non-negative integer or a pair of them, got {padding!r}")
+    padded = size + before + after
+    if kernel_size > padded:
+        raise ValueError(
+            f"kernel_size={kernel_size} is larger than the padded input ({size} + padding {before} + {after} "
+            f"= {padded}); expected kernel_size <= {padded}"
+        )
+    return (padded - kernel_size) // stride + 1
+
+
+_WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def main_path_depth(model: nn.Module) -> int:
+    """The depth in a ResNet's name: its weighted layers on the main path ([v1], Table 1).
+
+    Counts every convolution and fully connected layer except those of the projection shortcuts
+    (the modules registered as ``downsample``, torchvision's name and ours): the stem convolution,
+    the convolutions of every residual branch and the final linear layer. ResNet-18 has
+    1 + 2 * 8 + 1 = 18; the CIFAR nets of [v1] Sec. 4.2 have 6n + 2. BatchNorm and pooling layers
+    have no weights in this sense and are not counted, as in the paper.
+    """
+    shortcut_layers = {
+        id(inner)
+        for name, module in model.named_modules()
+        if name.rpartition(".")[2] == "downsample"
+        for inner in module.modules()
+    }
+    return sum(isinstance(m, _WEIGHTED_LAYERS) and id(m) not in shortcut_layers for m in model.modules())
+
+
+class RoundTrip(NamedTuple):
+    """Largest absolute difference of the logits after each load of ``torchvision_round_trip``.
+
+    ``max(round_trip)`` is the larger of the two.
+    """
+
+    into_ours: float
+    into_theirs: float
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    model.eval()  # BatchNorm with its running statistics: the network as a function of x
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        model.train(was_training)
+
+
+def torchvision_round_trip(
+    ours: nn.Module, theirs: nn.Module, input_size: Sequence[int], generator: torch.Generator | None = None
+) -> RoundTrip:
+    """Load each model's ``state_dict`` into the other with ``strict=True`` and compare the outputs.
+
+    First ``theirs`` (e.g. ``torchvision.models.resnet50(weights=None)``) gets random BatchNorm
+    statistics and is loaded into ``ours``; then ``ours`` gets new random BatchNorm statistics and
+    is loaded into ``theirs``. After each load both models run in evaluation mode on the same
+    random batch of shape ``input_size``. A fresh BatchNorm is nearly the identity, so the random
+    statistics (``probes.randomize_batchnorm_``) make a BatchNorm in the wrong place visible.
+
+    ``strict=True`` raises a ``RuntimeError`` that lists the missing and unexpected names when
+    the two models do not have the same parameters and buffers. Both models are overwritten.
+    Returns the largest absolute difference of the logits after each load: the same network
+    gives differences of float rounding (about 1e-6), a different one differences of order 1.
+    """
+    from .probes import randomize_batchnorm_  # probes imports this module: import it when called
+
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    x = torch.randn(tuple(input_size), generator=generator)
+    x = x.to(next(ours.parameters()).device)
+    differences = []
+    for source, target in ((theirs, ours), (ours, theirs)):
+        randomize_batchnorm_(source, generator)
+        target.load_state_dict(source.state_dict(), strict=True)
+        differences.append((_logits(target, x) - _logits(source, x)).abs().max().item())
+    return RoundTrip(*differences)

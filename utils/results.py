@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
-
 import torch
 
 from . import config
+# Result files are written atomically by the one writer of the package; re-exported for the callers of
+# ``results.write_json`` / ``results.read_json`` (benchmarks, utils.reproduction, scripts).
+from .files import read_json, write_json
 
 __all__ = ["run_metadata", "device_slug", "load_average", "write_json", "read_json"]
 
@@ -67,24 +66,3 @@ def device_slug(device: torch.device | str) -> str:
 def load_average() -> list[float] | None:
     """The 1, 5 and 15-minute load averages (other work slows a benchmark down); None where the OS has none."""
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
-def write_json(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` as indented JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    with open(path) as f:
-        return json.load(f)

@@ -1,20 +1,22 @@
 """Training and evaluation: one readable ``fit`` for every chapter.
 
-``fit`` is plain PyTorch: SGD with momentum and weight decay, a learning-rate
-schedule stepped once per iteration, cross-entropy on logits, a per-epoch history.
-Options add what a GPU run wants (bf16 autocast, channels-last, ``torch.compile``)
-and what a long run wants (atomic checkpoints, resuming) without changing the loop.
-Under ``torchrun`` it trains with DistributedDataParallel.
+``fit(model, train_loader, eval_loaders, recipe=...)`` is plain PyTorch: SGD with momentum
+and weight decay, the learning rate of ``utils.recipes.lr_schedule`` set before every
+iteration, cross-entropy on logits, a per-epoch history. It trains the model where the model
+is (move it with ``model.to(device)`` first) and changes nothing about it but its weights.
+Options add what a GPU run wants (mixed precision chosen by device, channels-last,
+``torch.compile``) and what a long run wants (checkpoints that resume exactly, a deadline)
+without changing the loop. Under ``torchrun`` it trains with DistributedDataParallel.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping
-from functools import partial
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,45 +24,34 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .files import atomic_write
+from .recipes import Recipe, lr_schedule
+
 __all__ = [
+    "PRECISIONS",
     "set_seed",
     "default_device",
+    "default_precision",
     "init_distributed",
+    "unwrap",
     "evaluate",
     "predict",
-    "fit",
     "make_optimizer",
-    "make_scheduler",
-    "lr_factor",
-    "SCHEDULES",
-    "RESNET18_CIFAR10_RECIPE",
+    "fit",
+    "train_one_epoch",
+    "rng_state",
+    "set_rng_state",
     "save_checkpoint",
     "load_checkpoint",
     "save_model",
     "load_model",
     "layer_grad_norms",
-    "unwrap",
 ]
 
-SCHEDULES = ("constant", "multistep", "cosine")
-
-# The full-mode ResNet-18 (CIFAR stem) recipe for CIFAR-10: chapter 4 and
-# benchmarks/time_to_accuracy.py both use it. Large batch with a proportionally larger
-# rate and a short warm-up (Goyal et al. 2017), cosine decay, Nesterov momentum, label
-# smoothing 0.1 (Szegedy et al. 2016). Assembled from that practice, not yet checked in full: the
-# GPU run on the 45k/5k split (time_to_accuracy.py --eval-on val) is outstanding, see results/README.md.
-RESNET18_CIFAR10_RECIPE = {
-    "batch_size": 512,
-    "epochs": 40,
-    "lr": 0.2,
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "schedule": "cosine",
-    "warmup_epochs": 2,
-    "label_smoothing": 0.1,
-}
-WARMUPS = ("linear", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+History = dict[str, list[float]]
+# The clock of ``fit``'s deadline; a test replaces it with a fake one.
+_clock: Callable[[], float] = time.monotonic
 
 
 def set_seed(seed: int = 0) -> None:
@@ -75,6 +66,29 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def default_precision(device: torch.device | str) -> str:
+    """The fastest safe precision on ``device``: fp32 on a CPU, bf16 or fp16 on a GPU.
+
+    bf16 keeps fp32's exponent range, so it needs no loss scaling; GPUs compute it natively
+    from compute capability 8.0 (A100, H100, L4). Older GPUs (Colab's T4, V100) emulate bf16
+    slowly, so they get fp16 with a ``GradScaler``. A CPU gains little from autocast here.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision != "fp32")
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; expected one of {PRECISIONS}")
 
 
 def init_distributed() -> tuple[int, int]:
@@ -93,6 +107,23 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _is_main_process() -> bool:
+    return not _distributed() or dist.get_rank() == 0
+
+
+def _from_main_process(value):
+    """Rank 0's ``value`` on every rank (a no-op outside DDP): rank 0 decides, the others follow."""
+    if not _distributed():
+        return value
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DDP and/or ``torch.compile`` wrappers (for clean state_dicts)."""
     while True:
@@ -104,31 +135,28 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _is_main_process() -> bool:
-    return not _distributed() or dist.get_rank() == 0
-
-
-def _autocast(device: torch.device, amp: bool):
-    # bf16 needs no loss scaling (unlike fp16), so the loop stays the same.
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable, device: torch.device | str | None = None, amp: bool = False
+    model: nn.Module, loader: Iterable, device: torch.device | str | None = None, precision: str = "fp32"
 ) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` over ``loader`` (summed over ranks under DDP)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    """Mean cross-entropy loss and accuracy of ``model`` over ``loader`` (summed over ranks under DDP).
+
+    Runs in evaluation mode (BatchNorm uses its running statistics) and restores the
+    model's mode afterwards. ``device`` defaults to the model's.
+    """
+    _check_precision(precision)
+    device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        with _autocast(device, precision):
             logits = model(x)
         totals[0] += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         totals[1] += (logits.argmax(1) == y).sum()
@@ -145,7 +173,7 @@ def evaluate(
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted and true labels for every sample of ``loader``, on the CPU."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
     model.eval()
     preds, labels = [], []
@@ -156,96 +184,65 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device | str | Non
     return torch.cat(preds), torch.cat(labels)
 
 
-def make_optimizer(
-    model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = False
-) -> torch.optim.SGD:
-    """SGD with momentum; no weight decay on BatchNorm parameters and biases.
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
+    """SGD with the recipe's momentum; weight decay on convolution and linear weights only.
 
-    Decaying BN scales and biases does not regularise anything useful and slows
-    training (Goyal et al. 2017); all convolution and linear weights are decayed.
+    Decaying BatchNorm scales and biases does not regularise anything useful and slows
+    training (Goyal et al. 2017). The paper decays all weights; the reproduction records
+    this difference in every result file.
     """
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": recipe.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     # foreach: one fused kernel launch per group instead of one per tensor.
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, foreach=True)
-
-
-def lr_factor(
-    step: int,
-    *,
-    total_steps: int,
-    schedule: str = "cosine",
-    milestones: tuple[int, ...] = (),
-    gamma: float = 0.1,
-    warmup_steps: int = 0,
-    warmup: str = "linear",
-    warmup_factor: float = 0.1,
-) -> float:
-    """The learning rate at ``step`` as a fraction of the base rate.
-
-    ``multistep`` multiplies by ``gamma`` at each milestone (the paper: /10 at 32k and
-    48k iterations); ``cosine`` decays to zero (Loshchilov and Hutter 2017). During the
-    first ``warmup_steps`` the rate ramps linearly from ``warmup_factor`` to 1, or stays
-    at ``warmup_factor`` (``warmup="constant"``, the paper's 0.01 for ResNet-110).
-    """
-    if step < warmup_steps:
-        if warmup == "constant":
-            return warmup_factor
-        return warmup_factor + (1 - warmup_factor) * step / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    if schedule == "multistep":
-        return gamma ** sum(step >= m for m in milestones)
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer,
-    *,
-    total_steps: int,
-    schedule: str = "cosine",
-    milestones: Iterable[int] = (),
-    gamma: float = 0.1,
-    warmup_steps: int = 0,
-    warmup: str = "linear",
-    warmup_factor: float = 0.1,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-iteration scheduler over ``lr_factor``. Milestones are in iterations."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
-    if warmup not in WARMUPS:
-        raise ValueError(f"unknown warmup {warmup!r}; expected one of {WARMUPS}")
-    if warmup_steps < 0 or warmup_steps > total_steps:
-        raise ValueError(f"warmup_steps={warmup_steps} must be in [0, total_steps={total_steps}]")
-    factor = partial(
-        lr_factor,
-        total_steps=total_steps,
-        schedule=schedule,
-        milestones=tuple(int(m) for m in milestones),
-        gamma=gamma,
-        warmup_steps=warmup_steps,
-        warmup=warmup,
-        warmup_factor=warmup_factor,
+    return torch.optim.SGD(
+        groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True
     )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def rng_state() -> dict:
+    """Every random-number state a run depends on (CPU, CUDA, NumPy, Python), as plain tensors.
+
+    Plain values only, so that a checkpoint still loads with ``weights_only=True``.
+    """
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: Mapping) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def save_checkpoint(path: str | os.PathLike, **state) -> None:
     """``torch.save(state)`` to a temporary file beside ``path``, then rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -260,9 +257,94 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> None:
 
 def load_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load weights saved by ``save_model`` (or ``fit``'s checkpoint) into ``model``."""
-    state = load_checkpoint(path)
-    unwrap(model).load_state_dict(state["model"])
+    unwrap(model).load_state_dict(load_checkpoint(path)["model"])
     return model
+
+
+def _run_identity(model: nn.Module, recipe: Recipe, steps_per_epoch: int) -> dict:
+    """What a checkpoint must match to be resumed: the recipe, the batches per epoch, the architecture."""
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in unwrap(model).state_dict().items())
+    return {
+        "recipe": recipe.as_dict(),
+        "steps_per_epoch": steps_per_epoch,
+        "model": f"{type(unwrap(model)).__name__}:{hashlib.sha256(shapes.encode()).hexdigest()[:16]}",
+    }
+
+
+def _resume(path: Path, identity: dict, model, optimizer, scaler) -> History | None:
+    """Load ``path`` into the model, optimizer, scaler and RNGs if it exists; return its history.
+
+    Rank 0 reads the file and hands it to the other ranks, so nodes without shared storage
+    resume together. A checkpoint of another run (recipe, batches or architecture) is never
+    resumed: the error says which of them differs.
+    """
+    state = load_checkpoint(path) if _is_main_process() and path.exists() else None
+    state = _from_main_process(state)
+    if state is None:
+        return None
+    changed = [key for key, value in identity.items() if state.get("identity", {}).get(key) != value]
+    if changed:
+        raise ValueError(
+            f"{path} is a checkpoint of another run (its {', '.join(changed)} differ from this one's); "
+            "delete it or pass another checkpoint path to train from scratch"
+        )
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return {k: list(v) for k, v in state["history"].items()}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_one_epoch(
+    net: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    rates: list[float],
+    loss_fn: nn.Module,
+    *,
+    scaler: torch.amp.GradScaler,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> tuple[float, float]:
+    """One pass over ``loader`` with ``rates[i]`` as the learning rate of batch ``i``; (loss, accuracy)."""
+    device = _model_device(net)
+    net.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    for rate, (x, y) in zip(rates, loader, strict=True):
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, precision):
+            logits = net(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()  # fp16 only: scale the loss so small gradients survive
+        scaler.step(optimizer)
+        scaler.update()
+        # Accumulate on the device: no GPU-to-CPU sync inside the loop.
+        totals[0] += loss.detach() * len(y)
+        totals[1] += (logits.detach().argmax(1) == y).sum()
+        totals[2] += len(y)
+    if _distributed():
+        dist.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
+    return loss_sum / count, correct / count
+
+
+def _out_of_time(deadline: float | None, pace: list[float]) -> bool:
+    """Whether the next epoch would probably end after ``deadline`` (a ``time.monotonic()`` value).
+
+    Before the first epoch of this process has been timed, one epoch is tried if any time is left.
+    """
+    if deadline is None:
+        return False
+    remaining = deadline - _clock()
+    return _from_main_process(remaining <= (1.1 * max(pace) if pace else 0.0))
 
 
 def fit(
@@ -270,143 +352,98 @@ def fit(
     train_loader: Iterable,
     eval_loaders: Mapping[str, Iterable] | None = None,
     *,
-    epochs: int,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    nesterov: bool = False,
-    schedule: str = "cosine",
-    milestones: Iterable[float] = (),
-    gamma: float = 0.1,
-    warmup_epochs: float = 0,
-    warmup: str = "linear",
-    warmup_factor: float = 0.1,
-    label_smoothing: float = 0.0,
-    device: torch.device | str | None = None,
-    amp: bool | None = None,
+    recipe: Recipe,
+    precision: str | None = None,
     channels_last: bool = False,
     compile: bool = False,
     checkpoint: str | os.PathLike | None = None,
+    deadline: float | None = None,
+    on_epoch: Callable[[History], bool | None] | None = None,
     progress: bool = True,
-) -> dict[str, list[float]]:
-    """Train ``model`` for ``epochs`` epochs and return its history.
+) -> History:
+    """Train ``model`` where it is, by ``recipe``; return the history, one entry per epoch.
 
-    Args:
-        eval_loaders: loaders evaluated after every epoch, by name, e.g.
-            ``{"val": val_loader, "test": test_loader}``; each adds ``<name>_loss`` and
-            ``<name>_acc`` to the history.
-        milestones: for ``schedule="multistep"``, in epochs (fractions allowed:
-            the paper's 32k iterations at batch 128 on 45k images are 91.0 epochs).
-        warmup_epochs: length of the warm-up, in epochs (fractions allowed).
-        amp: bf16 autocast; default on for CUDA.
-        checkpoint: a file saved atomically after every epoch; if it exists, training
-            resumes from it and the returned history includes the earlier epochs.
+    ``eval_loaders`` ({"val": loader, ...}) are evaluated after every epoch. ``precision``
+    defaults to ``default_precision`` of the model's device. ``checkpoint`` is written
+    atomically after every epoch; if it exists, training resumes from it exactly. With
+    ``deadline`` (a ``time.monotonic()`` value) training stops between epochs once the next
+    one would not finish in time: the history is then shorter than ``recipe.epochs``.
+    ``on_epoch(history)`` runs after every epoch (on rank 0 only); if it returns True,
+    training stops there.
 
-    Returns:
-        ``{"epoch", "lr", "train_loss", "train_acc", <name>_loss, <name>_acc, ..., "seconds"}``,
-        one entry per epoch (``lr`` is the rate at the end of the epoch).
+    Returns ``{"epoch", "lr", "train_loss", "train_acc", <name>_loss, <name>_acc, ...,
+    "seconds"}``; ``lr`` is the rate of the epoch's last iteration.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
     init_distributed()
-    device = torch.device(device) if device is not None else default_device()
-    amp = device.type == "cuda" if amp is None else amp
-    eval_loaders = dict(eval_loaders or {})
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ValueError("train_loader has no batches; expected at least one")
-
-    model.to(device)
-    if channels_last:
+    device = _model_device(model)
+    precision = precision or default_precision(device)
+    _check_precision(precision)
+    steps = len(train_loader)
+    rates = lr_schedule(recipe, steps)
+    optimizer = make_optimizer(model, recipe)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    history = _empty_history(eval_loaders or {})
+    identity = _run_identity(model, recipe, steps)
+    if checkpoint is not None:
+        resumed = _resume(Path(checkpoint), identity, model, optimizer, scaler)
+        history = resumed or history
+    if channels_last:  # undone at the end
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, lr, momentum, weight_decay, nesterov)
-    scheduler = make_scheduler(
-        optimizer,
-        total_steps=epochs * steps_per_epoch,
-        schedule=schedule,
-        milestones=[round(m * steps_per_epoch) for m in milestones],
-        gamma=gamma,
-        warmup_steps=round(warmup_epochs * steps_per_epoch),
-        warmup=warmup,
-        warmup_factor=warmup_factor,
-    )
-    history: dict[str, list[float]] = {"epoch": [], "lr": [], "train_loss": [], "train_acc": []}
-    for name in eval_loaders:
-        history[f"{name}_loss"], history[f"{name}_acc"] = [], []
-    history["seconds"] = []
-
-    start_epoch = 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = {k: list(v) for k, v in state["history"].items()}
-        start_epoch = len(history["epoch"])
-        torch.set_rng_state(state["rng"])
-
-    net = model
-    if _distributed():
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if compile:
-        net = torch.compile(net)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
-    # Imported here: tqdm.auto warns in Jupyter without ipywidgets, so only when a bar is wanted.
-    if progress and _is_main_process():
-        from tqdm.auto import tqdm
-    else:
-        from tqdm import tqdm
-
-    bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not (progress and _is_main_process()))
-    for epoch in bar:
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        net.train()
-        started = time.perf_counter()
-        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        for x, y in train_loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp):
-                logits = net(x)
-                loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            # Accumulate on the device: no GPU-to-CPU sync inside the loop.
-            totals[0] += loss.detach() * len(y)
-            totals[1] += (logits.detach().argmax(1) == y).sum()
-            totals[2] += len(y)
-        if _distributed():
-            dist.all_reduce(totals)
-        loss_sum, correct, count = totals.tolist()
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss became {loss_sum / count} in epoch {epoch + 1}; lower lr={lr}?")
-        history["epoch"].append(epoch + 1)
-        history["lr"].append(optimizer.param_groups[0]["lr"])
-        history["train_loss"].append(loss_sum / count)
-        history["train_acc"].append(correct / count)
-        for name, loader in eval_loaders.items():
-            eval_loss, eval_acc = evaluate(net, loader, device, amp)
-            history[f"{name}_loss"].append(eval_loss)
-            history[f"{name}_acc"].append(eval_acc)
-        history["seconds"].append(time.perf_counter() - started)
-        bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in history.items() if k.endswith(("loss", "acc"))})
-        if checkpoint is not None and _is_main_process():
-            save_checkpoint(
-                checkpoint,
-                model=unwrap(model).state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                history=history,
-                rng=torch.get_rng_state(),
+    net = nn.parallel.DistributedDataParallel(model) if _distributed() else model
+    net = torch.compile(net) if compile else net
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    pace: list[float] = []  # seconds per epoch in this process, for the deadline
+    was_training = model.training
+    try:
+        for epoch in range(len(history["epoch"]), recipe.epochs):
+            if _out_of_time(deadline, pace):
+                break
+            started, started_clock = time.perf_counter(), _clock()
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)  # reshuffles, as DistributedSampler does
+            epoch_rates = rates[epoch * steps : (epoch + 1) * steps]
+            loss, accuracy = train_one_epoch(
+                net, train_loader, optimizer, epoch_rates, loss_fn,
+                scaler=scaler, precision=precision, channels_last=channels_last,
             )
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {loss} in epoch {epoch + 1}; lower lr={recipe.lr}?"
+                )
+            row = {"epoch": epoch + 1, "lr": epoch_rates[-1], "train_loss": loss,
+                   "train_acc": accuracy}
+            for name, loader in (eval_loaders or {}).items():
+                row[f"{name}_loss"], row[f"{name}_acc"] = evaluate(net, loader, device, precision)
+            row["seconds"] = time.perf_counter() - started
+            pace.append(_clock() - started_clock)
+            for key, value in row.items():
+                history[key].append(value)
+            if _is_main_process():
+                if checkpoint is not None:
+                    save_checkpoint(checkpoint, identity=identity, history=history,
+                                    model=unwrap(model).state_dict(), rng=rng_state(),
+                                    optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
+                if progress:
+                    print(_epoch_line(history, recipe.epochs))
+            stop = on_epoch is not None and _is_main_process() and bool(on_epoch(history))
+            if _from_main_process(stop):
+                break  # on_epoch asked to stop: resumable from the checkpoint, like the deadline
+    finally:  # the caller's model keeps its mode and memory format
+        model.train(was_training)
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
     return history
+
+
+def _empty_history(eval_loaders: Mapping[str, Iterable]) -> History:
+    names = ["epoch", "lr", "train_loss", "train_acc"]
+    names += [f"{name}_{metric}" for name in eval_loaders for metric in ("loss", "acc")]
+    return {name: [] for name in names + ["seconds"]}
+
+
+def _epoch_line(history: History, epochs: int) -> str:
+    metrics = ", ".join(f"{k} {v[-1]:.3f}" for k, v in history.items() if k.endswith(("loss", "acc")))
+    return f"epoch {history['epoch'][-1]}/{epochs}: {metrics} ({history['seconds'][-1]:.1f} s)"
 
 
 def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
