@@ -117,3 +117,14 @@ def test_the_book_runs_build_their_models():
         model = spec.build_model(10, 1 if spec.dataset == "mnist" else 3)
         assert model(torch.zeros(2, 1 if spec.dataset == "mnist" else 3, 32, 32)).shape == (2, 10)
     assert len(runs.specs_by_name()) == len(runs.BOOK_RUNS)
+
+
+def test_full_mode_chapters_read_a_finished_run_or_name_the_command(toy_data):
+    with pytest.raises(runs.RunMissingError, match='make runs ARGS="--only toy-run"'):
+        runs.load_finished(SPEC, toy_data["results_dir"], toy_data["checkpoint_dir"])
+    runs.execute(SPEC, **toy_data)
+    record, model = runs.load_finished(SPEC, toy_data["results_dir"], toy_data["checkpoint_dir"])
+    assert record["done"] and not model.training
+    train_set, val_set, test_set = runs.load_data(SPEC)
+    assert (len(train_set), len(val_set), len(test_set)) == (80, 16, 32)
+    assert record["data"]["train_images"] == len(train_set)

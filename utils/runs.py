@@ -45,6 +45,9 @@ __all__ = [
     "execute",
     "finished",
     "trained_model",
+    "load_data",
+    "load_finished",
+    "RunMissingError",
     "CH04_CIFAR10",
     "CH04_MNIST",
     "BOOK_RUNS",
@@ -144,6 +147,36 @@ def _load(dataset: str) -> tuple[data.ImageSet, data.ImageSet]:
     return data.load_cifar10("train"), data.load_cifar10("test")
 
 
+def load_data(spec: RunSpec) -> tuple[data.ImageSet, data.ImageSet, data.ImageSet]:
+    """The training, validation and test images of ``spec``: what ``execute`` trains on.
+
+    A chapter that reads a finished run uses these too, so that it normalises and evaluates
+    exactly as the run did.
+    """
+    labelled, test_set = _load(spec.dataset)
+    train_set, val_set = data.train_val_split(labelled, spec.val_size, seed=0)
+    return train_set, val_set, test_set
+
+
+class RunMissingError(RuntimeError):
+    """A chapter needs a full-scale run that is not finished here (or was made by other code)."""
+
+
+def load_finished(spec: RunSpec, results_dir=None, checkpoint_dir=None) -> tuple[dict, nn.Module]:
+    """The record and trained model of a finished run, or a ``RunMissingError`` naming the command.
+
+    Full-mode chapters call this instead of training: ``make runs`` trains, the book reads.
+    """
+    record = finished(spec, results_dir)
+    if record is None:
+        raise RunMissingError(
+            f"full mode reads the finished run {spec.name!r}, which is not here for this code "
+            f"(fingerprint {spec.fingerprint()}); make it first on a GPU with "
+            f"`make runs ARGS=\"--only {spec.name}\"` (or `make runs` for all of them)"
+        )
+    return record, trained_model(spec, record, checkpoint_dir)
+
+
 def _record_path(spec: RunSpec, results_dir: Path | None) -> Path:
     folder = results_dir if results_dir is not None else results_root()
     if folder is None:
@@ -214,10 +247,9 @@ def execute(
         log(f"{spec.name}: already done, see {record_path}")
         return previous
 
-    labelled, test_set = _load(spec.dataset)
-    if labelled.source.startswith("fallback") and not config.is_quick():
+    train_set, val_set, test_set = load_data(spec)
+    if train_set.source.startswith("fallback") and not config.is_quick():
         raise data.DataUnavailableError(f"run {spec.name} needs the real {spec.dataset}, not the offline FALLBACK")
-    train_set, val_set = data.train_val_split(labelled, spec.val_size, seed=0)
     device = torch.device(device) if device is not None else train.default_device()
     train_loader, evals = data.make_loaders(
         train_set, {"val": val_set, "test": test_set}, spec.recipe.batch_size,
@@ -230,16 +262,16 @@ def execute(
         evals = {name: Capped(loader, max_batches) for name, loader in evals.items()}
 
     train.set_seed(spec.seed)
-    model = spec.build_model(len(labelled.classes), labelled.images.shape[-1]).to(device)
+    model = spec.build_model(len(train_set.classes), train_set.images.shape[-1]).to(device)
     record = results.run_metadata(argv) | {
         "run": spec.as_dict(),
         "fingerprint": fingerprint,
         "code": code_fingerprint(),
         "parameters": models.count_parameters(model),
         "data": {
-            "dataset": "fallback digits" if labelled.source.startswith("fallback") else spec.dataset,
+            "dataset": "fallback digits" if train_set.source.startswith("fallback") else spec.dataset,
             "train_images": len(train_set), "val_images": len(val_set), "test_images": len(test_set),
-            "classes": len(labelled.classes), "channels": int(labelled.images.shape[-1]),
+            "classes": len(train_set.classes), "channels": int(train_set.images.shape[-1]),
             "max_batches": max_batches,
         },
         "checkpoint": str(_checkpoint_path(spec, checkpoint_dir)),
