@@ -149,26 +149,33 @@ def write_config(config: dict, cache_dir: Path, mode: str) -> Path:
     return path
 
 
-def _execute_one(data):
-    """Run in a worker process: execute one notebook into the cache (jupyter-cache's own worker)."""
-    from jupyter_cache.executors.basic import ExecutionWorkerLocalMProc
+def _execute_one(task: tuple[str, int, int, bool]) -> tuple[bool, int, float]:
+    """Run in a worker process: execute one notebook of the project into the cache.
 
+    Uses jupyter-cache's public executor API (``load_executor``, ``run_and_cache``), one
+    serial executor per worker, so that ``--jobs`` notebooks run side by side.
+    """
+    from jupyter_cache import get_cache
+    from jupyter_cache.executors import load_executor
+
+    cache_dir, pk, timeout, allow_errors = task
     start = time.perf_counter()
-    status, uri = ExecutionWorkerLocalMProc()(data)
-    return status, uri, time.perf_counter() - start
+    executor = load_executor("local-serial", cache=get_cache(cache_dir))
+    result = executor.run_and_cache(filter_pks=[pk], timeout=timeout, allow_errors=allow_errors)
+    return bool(result.succeeded), pk, time.perf_counter() - start
 
 
 def pre_execute(cache_dir: Path, notebooks: list[Path], jobs: int, execute: dict) -> dict[str, str]:
     """Execute the notebooks that the cache lacks, `jobs` at a time. Returns {path: traceback} of failures."""
     from jupyter_cache import get_cache
-    from jupyter_cache.executors.basic import ProcessData
 
     cache = get_cache(str(cache_dir))
-    todo = []
+    todo, uris = [], {}
     for path in notebooks:
         record = cache.add_nb_to_project(str(path))
         if cache.get_cached_project_nb(record.pk) is None:
-            todo.append(ProcessData(record.pk, record.uri, cache, execute.get("timeout", 30), execute.get("allow_errors", False)))
+            uris[record.pk] = record.uri
+            todo.append((str(cache_dir), record.pk, execute.get("timeout", 30), execute.get("allow_errors", False)))
     if not todo:
         log("Every notebook is already in the cache.")
         return {}
@@ -180,12 +187,12 @@ def pre_execute(cache_dir: Path, notebooks: list[Path], jobs: int, execute: dict
     failures = {}
     try:
         with multiprocessing.get_context("fork").Pool(processes=jobs, maxtasksperchild=1) as pool:
-            for status, uri, seconds in pool.imap_unordered(_execute_one, todo):
-                name = Path(uri).relative_to(ROOT)
-                if status == 0:
+            for succeeded, pk, seconds in pool.imap_unordered(_execute_one, todo):
+                name = Path(uris[pk]).relative_to(ROOT)
+                if succeeded:
                     log(f"  ok      {name} ({seconds:.1f} s)")
                 else:
-                    failures[str(name)] = cache.get_project_record(uri).traceback or "(no traceback recorded)"
+                    failures[str(name)] = cache.get_project_record(pk).traceback or "(no traceback recorded)"
                     log(f"  FAILED  {name} ({seconds:.1f} s)")
     finally:
         if saved_threads is None:

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(ROOT))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,29 +80,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _run_in_parallel(args: argparse.Namespace, runs: list[tuple[str, int]], deadline: float | None) -> int:
     """One child process per run, at most ``--jobs`` at a time; each gets what is left of the time limit."""
+    from scripts.runs import run_in_parallel
+
     common = ["--mode", args.mode, "--out", str(args.out), "--checkpoint-dir", str(args.checkpoint_dir)]
     common += ["--no-progress"]
     common += ["--precision", args.precision] + ["--compile"] * args.compile + (["--device", args.device] if args.device else [])
-    waiting, running, failed = list(runs), [], []
-    while waiting or running:
-        while waiting and len(running) < args.jobs:
-            minutes = None if deadline is None else (deadline - time.monotonic()) / 60
-            if minutes is not None and minutes <= 0:
-                print(f"time limit reached: {len(waiting)} runs not started")
-                waiting = []
-                break
-            net, seed = waiting.pop(0)
-            command = [sys.executable, str(Path(__file__).resolve()), "--nets", net, "--seeds", str(seed), *common]
-            command += [] if minutes is None else ["--max-minutes", f"{minutes:.3f}"]
-            running.append(((net, seed), subprocess.Popen(command)))
-        time.sleep(0.2)
-        for item in [r for r in running if r[1].poll() is not None]:
-            running.remove(item)
-            if item[1].returncode != 0:
-                failed.append(f"{item[0][0]}-seed{item[0][1]} (exit status {item[1].returncode})")
-    if failed:
-        print("failed: " + ", ".join(failed))
-    return 1 if failed else 0
+    script = str(Path(__file__).resolve())
+    commands = {
+        f"{net}-seed{seed}": [sys.executable, script, "--nets", net, "--seeds", str(seed), *common]
+        for net, seed in runs
+    }
+    return run_in_parallel(commands, args.jobs, deadline)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -161,32 +161,43 @@ def _dry_run(items: list[Item], args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _in_parallel(items: list[Item], args: argparse.Namespace, deadline: float | None) -> int:
-    """One child process per run, at most --jobs at a time, each with what is left of the time limit."""
-    common = []
-    for flag, value in (("--out", args.out), ("--checkpoint-dir", args.checkpoint_dir),
-                        ("--precision", args.precision), ("--device", args.device)):  # fmt: skip
-        common += [flag, str(value)] if value is not None else []
-    waiting, running, failed = list(items), [], []
+def run_in_parallel(commands: dict[str, list[str]], jobs: int, deadline: float | None) -> int:
+    """Run ``{name: command}`` as child processes, at most ``jobs`` at a time; 1 if any failed.
+
+    Each command gets ``--max-minutes`` with what is left of ``deadline`` when it starts; once
+    none is left, the commands not started yet are reported and skipped. Shared by this script
+    and scripts/reproduce.py.
+    """
+    waiting, running, failed = list(commands.items()), [], []
     while waiting or running:
-        while waiting and len(running) < args.jobs:
+        while waiting and len(running) < jobs:
             minutes = None if deadline is None else (deadline - time.monotonic()) / 60
             if minutes is not None and minutes <= 0:
                 print(f"time limit reached: {len(waiting)} runs not started")
                 waiting = []
                 break
-            item = waiting.pop(0)
-            command = [sys.executable, str(Path(__file__).resolve()), "--only", item.name, *common]
-            command += [] if minutes is None else ["--max-minutes", f"{minutes:.3f}"]
-            running.append((item, subprocess.Popen(command)))
+            name, command = waiting.pop(0)
+            command = command + ([] if minutes is None else ["--max-minutes", f"{minutes:.3f}"])
+            running.append((name, subprocess.Popen(command)))
         time.sleep(0.2)
         for entry in [r for r in running if r[1].poll() is not None]:
             running.remove(entry)
             if entry[1].returncode != 0:
-                failed.append(f"{entry[0].name} (exit status {entry[1].returncode})")
+                failed.append(f"{entry[0]} (exit status {entry[1].returncode})")
     if failed:
         print("failed: " + ", ".join(failed))
     return 1 if failed else 0
+
+
+def _in_parallel(items: list[Item], args: argparse.Namespace, deadline: float | None) -> int:
+    """One child process per run of the queue, at most --jobs at a time."""
+    common = []
+    for flag, value in (("--out", args.out), ("--checkpoint-dir", args.checkpoint_dir),
+                        ("--precision", args.precision), ("--device", args.device)):  # fmt: skip
+        common += [flag, str(value)] if value is not None else []
+    script = str(Path(__file__).resolve())
+    commands = {item.name: [sys.executable, script, "--only", item.name, *common] for item in items}
+    return run_in_parallel(commands, args.jobs, deadline)
 
 
 def main(argv: list[str] | None = None) -> int:
