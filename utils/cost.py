@@ -52,7 +52,7 @@ __all__ = [
     "forward_latency",
 ]
 
-# He et al. 2016, Table 1, bottom row: "FLOPs" of the ImageNet ResNets for one 224x224 image, in
+# He et al. 2015, Table 1, bottom row: "FLOPs" of the ImageNet ResNets for one 224x224 image, in
 # units of 10^9. These "FLOPs" are multiply-adds (ResNet-34's 3.6 x 10^9 is what count_macs gives
 # for it), as are the "GFLOPS" torchvision documents for its weights: compare them with
 # count_macs / 1e9, not with a FLOP counter's total (twice as large).

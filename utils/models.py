@@ -11,7 +11,7 @@ On top of torchvision's ImageNet nets this file adds what the course needs:
 * the paper's CIFAR family ``resnet_cifar(depth)`` with 16/32/64 channels and
   shortcut option A (parameter-free zero padding) or B (1x1 projections);
 * plain counterparts (same layers, no shortcut) for the degradation experiment;
-* pre-activation blocks (ResNet v2, He et al. 2016).
+* pre-activation blocks (ResNet v2, He et al. 2016, "Identity Mappings").
 
 References: He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition"
 (CVPR 2016, arXiv:1512.03385), cited below as [v1]; He, Zhang, Ren, Sun,

@@ -1,4 +1,4 @@
-"""Reproducing the paper's CIFAR-10 experiment (He et al. 2016, Sec. 4.2; cited as [v1]).
+"""Reproducing the paper's CIFAR-10 experiment (He et al. 2015, Sec. 4.2; cited as [v1]).
 
 Shared by ``scripts/reproduce.py`` and chapters 6 and 7 (and Colab, where only this package
 is installed), so none of them copies it:
@@ -246,7 +246,7 @@ def run_reproduction(
     model = build_net(net, len(splits["train"].classes), shortcut).to(device)
     record = {
         **results.run_metadata(argv),
-        "experiment": "He et al. 2016, Sec. 4.2: CIFAR-10, plain vs residual nets",
+        "experiment": "He et al. 2015, Sec. 4.2: CIFAR-10, plain vs residual nets",
         "net": net,
         "depth": depth,
         "residual": residual,
