@@ -25,10 +25,11 @@ def path(name: str) -> Path:
     return repo_file(f"{FIGURES_DIR}/{name}.svg")
 
 
-def show(name: str):
-    """Display the diagram ``name`` as the output of the current cell; returns the display object."""
+def show(name: str) -> None:
+    """Display the diagram ``name`` as the output of the current cell.
+
+    Returns None, so that a cell ending in ``figures.show(...)`` shows the diagram once.
+    """
     from IPython.display import SVG, display
 
-    image = SVG(filename=str(path(name)))
-    display(image)
-    return image
+    display(SVG(filename=str(path(name))))
