@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """Write or refresh the "Colab setup" cell that opens every notebook under book/.
 
-The cell installs this course's ``utils`` package (from ``repository.url`` and ``repository.branch``
-in ``_config.yml``) and d2l without its old pins, and only when it runs inside Colab.
-CONTRIBUTING.md shows the exact form; this script is the one place that writes it.
+Only inside Colab, the cell clones the repository (``repository.url`` and ``repository.branch``
+of ``_config.yml``) into ``/content/<name>``, unless that folder is already there; installs the
+course's ``utils`` package from the clone (a plain install, which never touches Colab's torch:
+the package pins no torch, torchvision or numpy) and d2l without its old pins; and sets
+``RESNET_REPO`` to the clone. Every committed file a chapter reads (results, figures) is then
+found by ``utils.files.repo_file`` in the clone, at the branch the notebook was opened from,
+exactly as in a checkout. CONTRIBUTING.md shows the cell; this script is the one writer of it.
 
     python scripts/sync_setup_cells.py            # rewrite stale or missing setup cells in place
     python scripts/sync_setup_cells.py --check    # only report; exit 1 if any notebook is out of date
 
-tests/test_notebook_conventions.py reuses ``expected_setup_source`` and ``setup_cell_problem``.
+tests/test_notebook_conventions.py reuses ``expected_setup_source`` and ``setup_cell_problem``;
+tests/test_colab.py runs ``setup_source`` (the same template, pointed at a local clone) in a
+simulated Colab.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
 
 import nbformat
 import yaml
@@ -31,15 +38,30 @@ BOOK_DIR = ROOT / "book"
 D2L_VERSION = "1.0.3"
 SETUP_TAGS = ("remove-cell", "colab-setup")
 SETUP_CELL_ID = "colab-setup"
+# Colab starts every notebook in /content; the clone goes beside it.
+COLAB_CONTENT = "/content"
 
+# IPython expands {COURSE_URL} and {COURSE_REPO} in the ! and % lines; the doubled braces
+# are str.format's escapes for them.
 TEMPLATE = """\
-# Colab setup: installs this course's `utils` package and d2l (without its old pins).
-# It does nothing outside Colab. Written by scripts/sync_setup_cells.py; do not edit by hand.
+# Colab setup: clones the course's repository (the committed results and figures the
+# chapters show), installs its `utils` package from the clone and d2l (without its old
+# pins), never another PyTorch. It does nothing outside Colab.
+# Written by scripts/sync_setup_cells.py from _config.yml; do not edit by hand.
+import os
 import sys
 
 if "google.colab" in sys.modules:
+    COURSE_URL = "{url}"
+    COURSE_REPO = "{clone_dir}"
+    if not os.path.isdir(COURSE_REPO):
+        !git clone -q --depth 1 --branch {branch} {{COURSE_URL}} {{COURSE_REPO}}
+    if not os.path.isfile(os.path.join(COURSE_REPO, "_toc.yml")):
+        raise RuntimeError(f"could not clone {{COURSE_URL}}: is this runtime online?")
     %pip install -q --no-deps d2l=={d2l_version}
-    %pip install -q "git+{url}@{branch}\""""
+    %pip install -q {{COURSE_REPO}}
+    os.environ["RESNET_REPO"] = COURSE_REPO  # utils.files finds committed files there\
+"""
 
 
 def repository_settings(config_path: Path = CONFIG_PATH) -> tuple[str, str]:
@@ -55,10 +77,31 @@ def repository_settings(config_path: Path = CONFIG_PATH) -> tuple[str, str]:
     return url, branch
 
 
+def colab_clone_dir(url: str) -> str:
+    """Where the cell clones ``url`` in Colab: ``/content/<repository name>``."""
+    name = PurePosixPath(urlparse(url).path).name
+    if name.endswith(".git"):
+        name = name[: -len(".git")]
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name or ""):
+        raise ValueError(f"url={url!r}: expected a repository URL ending in its name, e.g. https://github.com/owner/course")
+    return f"{COLAB_CONTENT}/{name}"
+
+
+def setup_source(url: str, branch: str, clone_dir: str) -> str:
+    """The setup cell for the repository at ``url`` and ``branch``, cloned into ``clone_dir``.
+
+    The book's cell is ``expected_setup_source()``; tests/test_colab.py passes a local clone.
+    """
+    for name, value in (("url", url), ("branch", branch), ("clone_dir", clone_dir)):
+        if not value or any(c in value for c in "\"'{}\n "):
+            raise ValueError(f"{name}={value!r}: expected a non-empty value without quotes, braces or spaces")
+    return TEMPLATE.format(d2l_version=D2L_VERSION, url=url, branch=branch, clone_dir=clone_dir)
+
+
 def expected_setup_source(config_path: Path = CONFIG_PATH) -> str:
     """The exact source the first cell of every notebook must have."""
     url, branch = repository_settings(config_path)
-    return TEMPLATE.format(d2l_version=D2L_VERSION, url=url, branch=branch)
+    return setup_source(url, branch, colab_clone_dir(url))
 
 
 def book_notebooks(book_dir: Path = BOOK_DIR) -> list[Path]:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -136,3 +137,44 @@ def test_resnet_repo_names_the_checkout(tmp_path, monkeypatch):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "x.json").write_text("{}")
     assert files.repo_file("results/x.json") == tmp_path.resolve() / "results" / "x.json"
+
+
+def test_repo_files_lists_the_committed_matches_sorted(tmp_path, monkeypatch):
+    (tmp_path / "_toc.yml").write_text("root: intro\n")
+    (tmp_path / "results" / "cifar10").mkdir(parents=True)
+    for name in ("latency-gpu.json", "latency-cpu.json", "throughput-cpu.json"):
+        (tmp_path / "results" / name).write_text("{}")
+    (tmp_path / "results" / "latency-dir.json").mkdir()  # a folder is not a result
+    monkeypatch.setenv("RESNET_REPO", str(tmp_path))
+    root = tmp_path.resolve()
+    assert files.repo_files("results/latency-*.json") == [root / "results" / "latency-cpu.json", root / "results" / "latency-gpu.json"]
+    assert files.repo_files("results/cifar10/*.json") == [], "a result not measured yet is an empty list, not an error"
+
+
+def test_repo_files_in_this_checkout_finds_the_recorded_latency():
+    assert ROOT / "results" / "latency-cpu.json" in files.repo_files("results/latency-*.json")
+
+
+def test_repo_files_rejects_patterns_outside_and_says_when_there_is_no_repository(monkeypatch):
+    with pytest.raises(ValueError, match=r"'\.\./\*\.json' must be a path inside the repository"):
+        files.repo_files("../*.json")
+    with pytest.raises(ValueError, match=r"pattern=''; expected a glob inside the repository"):
+        files.repo_files("")
+    monkeypatch.setattr(files, "repo_root", lambda: None)
+    with pytest.raises(FileNotFoundError, match=r"in Colab, run the notebook's first cell \(the Colab setup\)"):
+        files.repo_files("results/latency-*.json")
+
+
+def test_a_plain_install_finds_the_repository_only_through_resnet_repo(tmp_path):
+    # As in Colab: utils copied into a site-packages folder, with no repository above it.
+    site = tmp_path / "site-packages"
+    shutil.copytree(ROOT / "utils", site / "utils", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = "from utils import files; print(files.repo_root()); print(files.repo_file('results/latency-cpu.json'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("RESNET_REPO", "PYTHONPATH")}
+    run = lambda extra: subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                                       env={**env, "PYTHONPATH": str(site), **extra}, timeout=120)  # fmt: skip
+    alone = run({})
+    assert alone.returncode != 0 and alone.stdout.startswith("None") and "set RESNET_REPO" in alone.stderr, alone.stderr[-2000:]
+    named = run({"RESNET_REPO": str(ROOT)})
+    assert named.returncode == 0, named.stderr[-2000:]
+    assert named.stdout.split() == [str(ROOT), str(ROOT / "results" / "latency-cpu.json")]

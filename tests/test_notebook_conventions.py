@@ -5,6 +5,8 @@
   cell (as scripts/sync_setup_cells.py writes it), then an import cell that prints
   `config.describe()` and calls `train.set_seed(0)`; no committed outputs or execution counts; no star
   or repeated imports; citations use keys of book/references.bib; only references.md has a bibliography.
+- No notebook looks for repository files itself (`../results`, `os.walk`, loops up `.parent` or
+  `.parents`): committed files are found by `utils.files.repo_file`, which works in Colab too.
 - Every chapter notebook (01_..., not the preface) ends with "## Exercises": 3 to 5 exercises, at
   least 2 of them code exercises; each `ex-N-k` tag has exactly one solution cell (tagged `solution`
   and `hide-input`, opening with comment lines) followed later by exactly one check cell (tagged
@@ -205,6 +207,52 @@ def exercise_problems(nb, chapter: int) -> list[str]:
 CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
 
 
+# A committed file is found by utils.files.repo_file (a checkout, the book and Colab alike), never by
+# a notebook's own search: `../results` breaks when the notebook runs from elsewhere (Colab's /content).
+PARENT_RESULTS = re.compile(r"\.\.[/\\]+results\b")
+
+
+def _dotted(node) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def directory_search_problems(nb) -> list[str]:
+    """Cells that look for repository files themselves: ``../results``, ``os.walk``, walks up ``.parent``."""
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        where = f"cell {index} ({cell.get('id')})"
+        if PARENT_RESULTS.search(cell.source):
+            problems.append(f"{where} refers to ../results")
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(_code_without_magics(cell.source))
+        except SyntaxError:
+            continue  # import_problems reports it
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _dotted(node.func) in ("os.walk", "walk"):
+                problems.append(f"{where}, line {node.lineno}: walks folders with os.walk")
+            elif isinstance(node, ast.Attribute) and node.attr == "parents":
+                problems.append(f"{where}, line {node.lineno}: searches upwards through .parents")
+            elif isinstance(node, ast.While) and any(
+                isinstance(inner, ast.Assign) and isinstance(inner.value, ast.Attribute) and inner.value.attr == "parent"
+                for inner in ast.walk(node)
+            ):
+                problems.append(f"{where}, line {node.lineno}: climbs folders with a .parent loop")
+            elif (
+                isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.left, ast.Attribute)
+                and node.left.attr == "parent" and isinstance(node.right, ast.Constant) and node.right.value == "results"
+            ):  # fmt: skip
+                problems.append(f"{where}, line {node.lineno}: builds <folder>.parent / 'results' itself")
+    return problems
+
+
 def bib_keys() -> set[str]:
     return set(re.findall(r"@\w+\s*\{\s*([^,\s]+)\s*,", (BOOK / "references.bib").read_text(encoding="utf-8")))
 
@@ -308,6 +356,15 @@ def test_quoted_setup_cells_are_current(path):
     assert not stale, f"{path.name}: markdown cell(s) {stale} quote an outdated setup cell. Run `python scripts/sync_setup_cells.py`."
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_committed_files_are_found_by_the_locator_not_by_a_search(path):
+    problems = directory_search_problems(nbformat.read(path, as_version=4))
+    assert not problems, (
+        f"{path.name} looks for repository files itself, which fails in Colab; use "
+        "utils.files.repo_file('results/...') or repo_files('results/*.json'):\n" + "\n".join(problems)
+    )
+
+
 # ----------------------------------------------------------------------------- chapters
 
 
@@ -397,7 +454,8 @@ def test_exercise_check_rejects(case):
 
 def test_setup_cell_check_rejects_stale_missing_and_moved_cells():
     expected = setup_cells.expected_setup_source()
-    stale = _broken(lambda nb: _cell(nb, "colab-setup").update(source=expected.replace("@main", "@master")))
+    assert "--branch main " in expected, "the setup cell clones the configured branch"
+    stale = _broken(lambda nb: _cell(nb, "colab-setup").update(source=expected.replace("--branch main ", "--branch master ")))
     assert "stale" in setup_cells.setup_cell_problem(stale, expected)
     missing = _broken(lambda nb: nb.cells.pop(0))
     assert "not the Colab setup cell" in setup_cells.setup_cell_problem(missing, expected)
@@ -410,9 +468,27 @@ def test_setup_cell_check_rejects_stale_missing_and_moved_cells():
         assert setup_cells.setup_cell_problem(setup_cells.with_setup_cell(nb, expected), expected) is None
     quoting = _broken(lambda nb: nb.cells.append(new_markdown_cell(f"```python\n{expected}\n```", id="quote")))
     assert setup_cells.stale_quotes(quoting, expected) == []
-    quoting.cells[-1].source = quoting.cells[-1].source.replace("@main", "@old")
+    quoting.cells[-1].source = quoting.cells[-1].source.replace("--branch main ", "--branch old ")
     assert setup_cells.stale_quotes(quoting, expected) == [len(quoting.cells) - 1]
     assert setup_cells.stale_quotes(setup_cells.with_current_quotes(quoting, expected), expected) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'RESULTS = Path("../results")',
+        "for folder in [Path.cwd(), *Path.cwd().parents]:\n    pass",
+        "for top, dirs, names in os.walk('.'):\n    pass",
+        "folder = Path.cwd()\nwhile not (folder / 'results').is_dir():\n    folder = folder.parent",
+        "RESULTS = Path.cwd().parent / 'results'",
+    ],
+)
+def test_directory_search_check_rejects(source):
+    nb = _broken(lambda nb: nb.cells.append(new_code_cell(source, id="search")))
+    assert directory_search_problems(nb), f"not flagged: {source!r}"
+    assert directory_search_problems(_good_chapter()) == []
+    located = _broken(lambda nb: nb.cells.append(new_code_cell('files.repo_file("results/x.json").parent', id="ok")))
+    assert directory_search_problems(located) == []
 
 
 def test_output_and_import_checks_reject():

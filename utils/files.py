@@ -10,9 +10,13 @@
     An exclusive advisory lock (``fcntl.flock``) on a lock file, for work that two processes may
     start at the same time: two notebooks decoding CIFAR-10 into the same cache, ``pytest -n 2``,
     several ranks under ``torchrun``. Where the OS has no ``fcntl`` (Windows), it does nothing.
-``repo_file``
-    A file the repository commits (``results/...``, ``book/figures/...``), found from the
-    package itself, so that notebooks never search for ``../results`` on their own.
+``repo_root`` / ``repo_file`` / ``repo_files``
+    The one locator of what the repository commits (``results/...``, ``book/figures/...``),
+    so that notebooks never search for ``../results`` on their own. It works the same in a
+    checkout (an editable install: the folder above ``utils/``), in the rendered book (built
+    from a checkout) and in Colab, where the notebook's first cell clones the repository and
+    names the clone in ``RESNET_REPO`` (there ``utils`` is a plain install in site-packages,
+    with no repository beside it).
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "write_text", "write_json", "read_json", "file_lock", "repo_root", "repo_file"]
+__all__ = [
+    "atomic_write",
+    "write_text",
+    "write_json",
+    "read_json",
+    "file_lock",
+    "repo_root",
+    "repo_file",
+    "repo_files",
+]
 
 REPO_VARIABLE = "RESNET_REPO"
 
@@ -130,11 +143,20 @@ def file_lock(path: str | os.PathLike, timeout: float | None = None) -> Iterator
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def repo_root() -> Path | None:
-    """The repository this package was installed from, or None (e.g. a wheel in Colab).
+# What a reader sees when no repository is known: in Colab the first cell was skipped (or the
+# session restarted after it ran, which forgets the environment variable it set).
+_NO_REPOSITORY_HINT = (
+    f"set {REPO_VARIABLE} to a checkout of the course; in Colab, run the notebook's first cell "
+    "(the Colab setup), which clones the repository and sets it"
+)
 
-    ``RESNET_REPO`` names it explicitly; otherwise the folder above ``utils/`` counts when it
-    holds ``_toc.yml`` (an editable install or a clone on ``sys.path``).
+
+def repo_root() -> Path | None:
+    """The repository whose committed files the chapters read, or None where none is known.
+
+    ``RESNET_REPO`` names it explicitly (the Colab setup cell sets it to its clone); otherwise
+    the folder above ``utils/`` counts when it holds ``_toc.yml`` (an editable install or a
+    clone on ``sys.path``). A plain install in site-packages without the variable has none.
     """
     named = os.environ.get(REPO_VARIABLE)
     if named:
@@ -146,21 +168,45 @@ def repo_root() -> Path | None:
     return here if (here / "_toc.yml").is_file() else None
 
 
-def repo_file(relative: str | os.PathLike) -> Path:
-    """The committed file ``relative`` (e.g. ``"results/latency-cpu.json"``) of the repository.
-
-    Raises ``FileNotFoundError`` naming the file and where it was looked for.
-    """
+def _relative_inside(relative: str | os.PathLike, example: str) -> Path:
     relative = Path(relative)
     if relative.is_absolute() or ".." in relative.parts:
-        raise ValueError(f"{str(relative)!r} must be a path inside the repository, e.g. 'results/latency-cpu.json'")
+        raise ValueError(f"{str(relative)!r} must be a path inside the repository, e.g. {example!r}")
+    return relative
+
+
+def _required_root(relative: Path) -> Path:
     root = repo_root()
     if root is None:
         raise FileNotFoundError(
-            f"{relative} is a file of the course repository, and this installation of `utils` has none; "
-            f"set {REPO_VARIABLE} to a checkout of the course"
+            f"{relative} is in the course repository, and this installation of `utils` has none; "
+            + _NO_REPOSITORY_HINT
         )
+    return root
+
+
+def repo_file(relative: str | os.PathLike) -> Path:
+    """The committed file (or folder) ``relative``, e.g. ``"results/latency-cpu.json"``.
+
+    Raises ``FileNotFoundError`` naming the file and where it was looked for.
+    """
+    relative = _relative_inside(relative, "results/latency-cpu.json")
+    root = _required_root(relative)
     path = root / relative
     if not path.exists():
         raise FileNotFoundError(f"{relative} is not in the repository at {root}")
     return path
+
+
+def repo_files(pattern: str) -> list[Path]:
+    """The committed files matching the glob ``pattern`` (e.g. ``"results/latency-*.json"``), sorted.
+
+    An empty list when none matches (a result not measured yet); like ``repo_file``, it raises
+    ``FileNotFoundError`` when no repository is known at all, so that a missing clone is never
+    mistaken for a missing measurement.
+    """
+    if not str(pattern).strip(" ./"):
+        raise ValueError(f"pattern={pattern!r}; expected a glob inside the repository, e.g. 'results/latency-*.json'")
+    relative = _relative_inside(pattern, "results/latency-*.json")
+    root = _required_root(relative)
+    return sorted(path for path in root.glob(str(relative)) if path.is_file())
