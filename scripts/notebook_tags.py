@@ -4,11 +4,11 @@ CONTRIBUTING.md defines it: a code exercise is a **solution cell** (tags ``solut
 ``hide-input``) whose first lines are comments restating the task, followed by a **check cell**
 (tags ``check``, ``ex-N-k``) that asserts on the names the solution defines.
 
-A **wrong-answer cell** (tags ``wrong-answer``, ``ex-N-k``, ``remove-cell``, ``skip-execution``,
-``nbval-skip``; first line ``# Wrong answer: <what is wrong>``) follows an exercise's check cell: a
-plausible wrong answer that the check must reject. It is hidden in the book and never executed
-(myst-nb honours ``skip-execution``, nbval ``nbval-skip``); ``tests/test_grading.py`` runs each one
-against its check. Student copies omit these cells and the grader never runs them.
+A **wrong-answer cell** (a *raw* cell, tags ``wrong-answer``, ``ex-N-k``, ``remove-cell``; first
+line ``# Wrong answer: <what is wrong>``) follows an exercise's check cell: a plausible wrong answer
+that the check must reject. Being raw, it is never executed, by the book build, nbval, or a
+reader's "Run all" in Jupyter or Colab; ``remove-cell`` hides it in the book.
+``tests/test_grading.py`` runs each one against its check. Student copies omit these cells and the grader never runs them.
 
 ``scripts/make_exercises.py`` turns solution cells into stubs; ``scripts/grade.py`` puts a student's
 answers back into the instructor's notebook and runs it under nbval. Both read the contract here,
@@ -27,9 +27,9 @@ import nbformat
 SOLUTION_TAG = "solution"
 CHECK_TAG = "check"
 WRONG_ANSWER_TAG = "wrong-answer"
-# Every wrong-answer cell carries these too: hidden in the book, executed neither by the book build
-# (myst-nb's `skip-execution`) nor by nbval (`nbval-skip`).
-WRONG_ANSWER_TAGS = (WRONG_ANSWER_TAG, "remove-cell", "skip-execution", "nbval-skip")
+# Every wrong-answer cell is a *raw* cell, so that nothing executes it: not the book build, not
+# nbval, not Jupyter's or Colab's "Run all" (which ignore execution tags). It is hidden in the book.
+WRONG_ANSWER_TAGS = (WRONG_ANSWER_TAG, "remove-cell")
 WRONG_ANSWER_HEADING = re.compile(r"^# Wrong answer: (\S.*?)\s*$")
 EXERCISE_TAG = re.compile(r"^ex-(\d+)-(\d+)$")
 # Chapters are book/NN_short_name.ipynb (CONTRIBUTING.md, "Files").
@@ -139,8 +139,10 @@ def find_exercises(nb) -> list[Exercise]:
         solution, check = is_solution(cell), is_check(cell)
         where = f"cell {index} (id {cell.get('id', '?')})"
         if is_wrong_answer(cell):
-            if solution or check or cell.get("cell_type") != "code":
-                raise ContractError(f"{where}: a wrong-answer cell must be a code cell, neither solution nor check")
+            if solution or check or cell.get("cell_type") != "raw":
+                raise ContractError(
+                    f"{where}: a wrong-answer cell must be a raw cell (never executed), neither solution nor check"
+                )
             missing = [t for t in WRONG_ANSWER_TAGS if t not in cell_tags(cell)]
             if missing:
                 raise ContractError(f"{where}: a wrong-answer cell lacks the tags {missing}")

@@ -382,8 +382,6 @@ class Colab:
         setup = [cell for cell in nb.cells if "colab-setup" in cell.metadata.get("tags", [])]
         assert setup and setup[0] is nb.cells[0], f"{name}: the first cell must be the Colab setup cell"
         setup[0].source = self.setup_source
-        # Cells the book never executes (wrong answers to exercises) stay unexecuted here too.
-        nb.cells = [cell for cell in nb.cells if "skip-execution" not in cell.metadata.get("tags", [])]
         source, target = self.content / name, self.tmp / f"executed-{name}"
         nbformat.write(nb, source)
         result = subprocess.run([str(self.python), str(self.runner), str(source), str(target), str(self.content),

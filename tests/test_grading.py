@@ -162,13 +162,13 @@ def test_a_solution_without_task_comments_is_refused():
 
 
 SOLVED = [("# task\nx = 1", ["solution", "ex-1-1"]), ("assert x == 1", ["check", "ex-1-1"])]
-WRONG_TAGS = ["wrong-answer", "ex-1-1", "remove-cell", "skip-execution", "nbval-skip"]
+WRONG_TAGS = ["wrong-answer", "ex-1-1", "remove-cell"]
 
 
 def test_wrong_answers_are_found_per_exercise():
     nb = nbformat.v4.new_notebook()
     for source, tags in [*SOLVED, ("# Wrong answer: off by one\nx = 2", WRONG_TAGS), ("x = 3", [])]:
-        cell = nbformat.v4.new_code_cell(source)
+        cell = (nbformat.v4.new_raw_cell if "wrong-answer" in tags else nbformat.v4.new_code_cell)(source)
         cell.metadata["tags"] = tags
         nb.cells.append(cell)
     (exercise,) = notebook_tags.find_exercises(nb)
@@ -194,12 +194,16 @@ def test_wrong_answers_are_found_per_exercise():
         ([*SOLVED, ("# Wrong answer: off by one\nx = 2", [*WRONG_TAGS[:1], "ex-1-2", *WRONG_TAGS[2:]])],
          "no solution and check"),
         ([*SOLVED, ("# Wrong answer: off by one\nx = 2", ["solution", *WRONG_TAGS])], "neither solution nor check"),
+        ([*SOLVED, ("code: # Wrong answer: off by one\nx = 2", WRONG_TAGS)], "must be a raw cell"),
     ],
 )
 def test_a_broken_tag_contract_is_refused(cells, problem):
     nb = nbformat.v4.new_notebook()
     for source, tags in cells:
-        cell = nbformat.v4.new_code_cell(source)
+        # Wrong answers are raw cells; "code: " marks one written, wrongly, as a code cell.
+        raw = "wrong-answer" in tags and "solution" not in tags and not source.startswith("code: ")
+        source = source.removeprefix("code: ")
+        cell = (nbformat.v4.new_raw_cell if raw else nbformat.v4.new_code_cell)(source)
         cell.metadata["tags"] = tags
         nb.cells.append(cell)
     with pytest.raises(notebook_tags.ContractError, match=problem):
@@ -251,9 +255,9 @@ def test_student_copy_clears_outputs(tmp_path):
     assert all(c.get("execution_count") is None for c in json.loads(text)["cells"] if c["cell_type"] == "code")
 
 
-def test_nbval_skips_the_wrong_answer_cells(tmp_path):
-    """A chapter with wrong-answer cells, run under nbval as `make test` runs the book: nbval skips them
-    (tag nbval-skip) and every other cell passes."""
+def test_nbval_never_runs_the_wrong_answer_cells(tmp_path):
+    """A chapter with wrong-answer cells, run under nbval as `make test` runs the book: they are raw
+    cells, so nbval does not collect them, and every code cell passes."""
     shutil.copy(TOY_BOOK / "01_toy.ipynb", tmp_path)
     (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     env = {key: value for key, value in os.environ.items() if key != "PYTEST_ADDOPTS"}
@@ -265,10 +269,11 @@ def test_nbval_skips_the_wrong_answer_cells(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     nb = notebook_tags.read_notebook(TOY_BOOK / "01_toy.ipynb")
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    wrong = {f"Cell {n}" for n, cell in enumerate(code) if notebook_tags.is_wrong_answer(cell)}
+    wrong = [cell for cell in nb.cells if notebook_tags.is_wrong_answer(cell)]
+    assert wrong and all(cell.cell_type == "raw" for cell in wrong)
     cases = list(ElementTree.parse(tmp_path / "junit.xml").getroot().iter("testcase"))
-    assert len(cases) == len(code)
-    assert {case.get("name") for case in cases if case.find("skipped") is not None} == wrong
+    assert len(cases) == len(code), "nbval should collect the code cells only"
+    assert not [case.get("name") for case in cases if case.find("skipped") is not None]
     assert not [case.get("name") for case in cases if case.find("failure") is not None or case.find("error") is not None]
 
 
@@ -848,8 +853,8 @@ def test_wrong_answers_cover_every_chapter():
 
 @pytest.mark.parametrize("path", REAL_CHAPTERS, ids=[p.stem for p in REAL_CHAPTERS])
 def test_wrong_answer_cells_follow_the_convention(path):
-    """Right after their exercise's check cell (or another wrong answer to it), all five tags, a first line
-    saying what is wrong, lines of at most 88 characters, no outputs; student copies leave them out."""
+    """Right after their exercise's check cell (or another wrong answer to it), its three tags, a first line
+    saying what is wrong, lines of at most 88 characters, raw (never executed); student copies leave them out."""
     nb = notebook_tags.read_notebook(path)
     for exercise in notebook_tags.find_exercises(nb):
         expected_place = max(exercise.checks) + 1
@@ -858,11 +863,11 @@ def test_wrong_answer_cells_follow_the_convention(path):
             where = f"{path.stem} cell {index} ({cell.id}), a wrong answer to {exercise.tag}"
             assert index == expected_place, f"{where}: must come right after the check cell or another wrong answer"
             expected_place += 1
-            assert notebook_tags.cell_tags(cell) == ["wrong-answer", exercise.tag, "remove-cell", "skip-execution",
-                                                     "nbval-skip"], where  # fmt: skip
+            assert notebook_tags.cell_tags(cell) == ["wrong-answer", exercise.tag, "remove-cell"], where
+            assert cell.cell_type == "raw", f"{where}: a raw cell, so that no 'Run all' executes it"
             assert cell.source.splitlines()[0].startswith("# Wrong answer: "), where
             assert all(len(line) <= 88 for line in cell.source.splitlines()), f"{where}: a line over 88 characters"
-            assert cell.outputs == [] and cell.execution_count is None, where
+            assert "outputs" not in cell and "execution_count" not in cell, where
     copy = make_exercises.student_copy(nb, path.stem)
     assert not any(notebook_tags.is_wrong_answer(cell) for cell in copy.cells), "a student copy keeps a wrong answer"
     wrong_ids = {nb.cells[i].id for e in notebook_tags.find_exercises(nb) for i in e.wrong_answers}
