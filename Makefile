@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 RESNET_MODE ?= quick
 export RESNET_MODE
 
-.PHONY: figures venv book test browser exercises grade benchmark time-to-accuracy latency results-summary reproduce runs gpu-evidence clean help
+.PHONY: format figures venv book test browser exercises grade benchmark time-to-accuracy latency results-summary reproduce runs gpu-evidence clean help
 
 help:
 	@sed -n '1,6p' Makefile
@@ -85,6 +85,10 @@ runs: venv
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-evidence:
 	PYTHONPATH=$(CURDIR) $(GPU_PY) benchmarks/gpu_evidence.py $(ARGS)
+
+# Format the notebooks' code cells to 88 columns (black); a test checks that nothing is left to do.
+format: venv
+	$(PY) scripts/format_notebooks.py
 
 # The book's diagrams (book/figures/*.svg), drawn from utils.models; a test checks they are current.
 figures: venv

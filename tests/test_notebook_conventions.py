@@ -28,7 +28,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from scripts import build_book
+from scripts import build_book, format_notebooks
 from scripts import sync_setup_cells as setup_cells
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,6 +304,34 @@ def test_notebook_format(path):
     assert (nb.nbformat, nb.nbformat_minor) >= (4, 5), f"nbformat {nb.nbformat}.{nb.nbformat_minor}; expected 4.5 with cell ids"
     assert all(cell.get("id") for cell in nb.cells), "every cell needs an id"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3", "the kernelspec must be python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_code_is_formatted_to_88_characters(path):
+    """Every code cell as scripts/format_notebooks.py leaves it: no line over 88, no fmt: skip."""
+    nb = nbformat.read(path, as_version=4)
+    problems = []
+    for cell in nb.cells:
+        if cell.cell_type not in ("code", "raw"):
+            continue
+        where = f"cell {cell.get('id')}"
+        problems += [f"{where}: {len(line)} characters" for line in format_notebooks.long_lines(cell.source)]
+        problems += [f"{where}: a '# fmt: skip' marker" for line in cell.source.splitlines() if "fmt: skip" in line]
+        if cell.cell_type == "code" and format_notebooks.format_source(cell.source) != cell.source:
+            problems.append(f"{where}: not formatted (run python scripts/format_notebooks.py)")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_formatter_shortens_code_strings_and_comments():
+    long_comment = "# " + " ".join(["word"] * 30)
+    source = f"{long_comment}\nx = dict(a=1,b=2)\nassert x, 'a message that goes on and on' + ' and on' * 3 + ' until it is far too long for one line'"
+    formatted = format_notebooks.format_source(source)
+    assert not format_notebooks.long_lines(formatted), formatted
+    assert formatted.splitlines()[0].startswith("# word") and "x = dict(a=1, b=2)" in formatted
+    namespace = {}
+    exec(formatted, namespace)  # the same program
+    assert namespace["x"] == {"a": 1, "b": 2}
+    assert format_notebooks.format_source("%pip install x") == "%pip install x", "magics are left alone"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
