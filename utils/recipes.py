@@ -103,17 +103,24 @@ class Recipe:
 
     @classmethod
     def from_iterations(
-        cls, iterations: int, *, steps_per_epoch: int, milestones: tuple[int, ...] = (), **values
+        cls,
+        iterations: int,
+        *,
+        steps_per_epoch: int,
+        milestones: tuple[int, ...] = (),
+        **values,
     ) -> Recipe:
         """A recipe given in iterations, as the paper gives its own ([v1] Sec. 4.2).
 
-        ``fit`` completes whole epochs: 64k iterations of 352 per epoch become 182 epochs
-        (64,064 iterations), and the milestones 32k and 48k become the fractions 90.9 and
-        136.4 epochs, which ``lr_schedule`` turns back into iterations 32,000 and 48,000.
+        ``fit`` completes whole epochs: 64k iterations of 352 per epoch become 182
+        epochs (64,064 iterations), and the milestones 32k and 48k become the fractions
+        90.9 and 136.4 epochs, which ``lr_schedule`` turns back into iterations 32,000
+        and 48,000.
         """
         if not _is_positive_int(iterations) or not _is_positive_int(steps_per_epoch):
             raise ValueError(
-                f"iterations={iterations!r} and steps_per_epoch={steps_per_epoch!r} must be positive integers"
+                f"iterations={iterations!r} and steps_per_epoch={steps_per_epoch!r} "
+                "must be positive integers"
             )
         if milestones and "schedule" not in values:
             values["schedule"] = "multistep"

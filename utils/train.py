@@ -240,13 +240,18 @@ def set_rng_state(state: Mapping) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, **state) -> None:
-    """``torch.save(state)`` to a temporary file beside ``path``, then rename: never half-written."""
+    """``torch.save(state)`` to a temporary file beside ``path``, then rename it.
+
+    A reader sees the old checkpoint or the new one, never a half-written file.
+    """
     with atomic_write(path) as f:
         torch.save(state, f)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain containers, no code."""
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and containers, no code."""
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -361,13 +366,14 @@ def fit(
     on_epoch: Callable[[History], bool | None] | None = None,
     progress: bool = True,
 ) -> History:
-    """Train ``model`` where it is, by ``recipe``; return the history, one entry per epoch.
+    """Train ``model`` where it is, by ``recipe``; return its history, one row an epoch.
 
-    ``eval_loaders`` ({"val": loader, ...}) are evaluated after every epoch. ``precision``
-    defaults to ``default_precision`` of the model's device. ``checkpoint`` is written
-    atomically after every epoch; if it exists, training resumes from it exactly. With
-    ``deadline`` (a ``time.monotonic()`` value) training stops between epochs once the next
-    one would not finish in time: the history is then shorter than ``recipe.epochs``.
+    ``eval_loaders`` ({"val": loader, ...}) are evaluated after every epoch.
+    ``precision`` defaults to ``default_precision`` of the model's device.
+    ``checkpoint`` is written atomically after every epoch; if it exists, training
+    resumes from it exactly. With ``deadline`` (a ``time.monotonic()`` value) training stops between
+    epochs once the next one would not finish in time: the history is then shorter
+    than ``recipe.epochs``.
     ``on_epoch(history)`` runs after every epoch (on rank 0 only); if it returns True,
     training stops there.
 
@@ -408,26 +414,31 @@ def fit(
             )
             if not math.isfinite(loss):
                 raise FloatingPointError(
-                    f"training loss became {loss} in epoch {epoch + 1}; lower lr={recipe.lr}?"
+                    f"training loss became {loss} in epoch {epoch + 1}; "
+                    f"lower lr={recipe.lr}?"
                 )
             row = {"epoch": epoch + 1, "lr": epoch_rates[-1], "train_loss": loss,
                    "train_acc": accuracy}
             for name, loader in (eval_loaders or {}).items():
-                row[f"{name}_loss"], row[f"{name}_acc"] = evaluate(net, loader, device, precision)
+                eval_loss, eval_acc = evaluate(net, loader, device, precision)
+                row[f"{name}_loss"], row[f"{name}_acc"] = eval_loss, eval_acc
             row["seconds"] = time.perf_counter() - started
             pace.append(_clock() - started_clock)
             for key, value in row.items():
                 history[key].append(value)
             if _is_main_process():
                 if checkpoint is not None:
-                    save_checkpoint(checkpoint, identity=identity, history=history,
-                                    model=unwrap(model).state_dict(), rng=rng_state(),
-                                    optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
+                    save_checkpoint(
+                        checkpoint, identity=identity, history=history, rng=rng_state(),
+                        model=unwrap(model).state_dict(),
+                        optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                    )
                 if progress:
                     print(_epoch_line(history, recipe.epochs))
-            stop = on_epoch is not None and _is_main_process() and bool(on_epoch(history))
-            if _from_main_process(stop):
-                break  # on_epoch asked to stop: resumable from the checkpoint, like the deadline
+            # on_epoch may ask to stop (resumable from the checkpoint, like the deadline).
+            asked = on_epoch is not None and _is_main_process() and on_epoch(history)
+            if _from_main_process(bool(asked)):
+                break
     finally:  # the caller's model keeps its mode and memory format
         model.train(was_training)
         if channels_last:
