@@ -371,11 +371,10 @@ def fit(
     ``eval_loaders`` ({"val": loader, ...}) are evaluated after every epoch.
     ``precision`` defaults to ``default_precision`` of the model's device.
     ``checkpoint`` is written atomically after every epoch; if it exists, training
-    resumes from it exactly. With ``deadline`` (a ``time.monotonic()`` value) training stops between
-    epochs once the next one would not finish in time: the history is then shorter
-    than ``recipe.epochs``.
-    ``on_epoch(history)`` runs after every epoch (on rank 0 only); if it returns True,
-    training stops there.
+    resumes from it exactly. With ``deadline`` (a ``time.monotonic()`` value) training
+    stops between epochs once the next one would not finish in time: the history is
+    then shorter than ``recipe.epochs``. ``on_epoch(history)`` runs after every epoch
+    (on rank 0 only); if it returns True, training stops there.
 
     Returns ``{"epoch", "lr", "train_loss", "train_acc", <name>_loss, <name>_acc, ...,
     "seconds"}``; ``lr`` is the rate of the epoch's last iteration.
@@ -435,7 +434,7 @@ def fit(
                     )
                 if progress:
                     print(_epoch_line(history, recipe.epochs))
-            # on_epoch may ask to stop (resumable from the checkpoint, like the deadline).
+            # on_epoch may ask to stop (resumable from the checkpoint, as at a deadline).
             asked = on_epoch is not None and _is_main_process() and on_epoch(history)
             if _from_main_process(bool(asked)):
                 break
