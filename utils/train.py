@@ -434,7 +434,7 @@ def fit(
                     )
                 if progress:
                     print(_epoch_line(history, recipe.epochs))
-            # on_epoch may ask to stop (resumable from the checkpoint, as at a deadline).
+            # on_epoch may ask to stop (resumable from the checkpoint, as a deadline).
             asked = on_epoch is not None and _is_main_process() and on_epoch(history)
             if _from_main_process(bool(asked)):
                 break
