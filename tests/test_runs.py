@@ -128,3 +128,16 @@ def test_full_mode_chapters_read_a_finished_run_or_name_the_command(toy_data):
     train_set, val_set, test_set = runs.load_data(SPEC)
     assert (len(train_set), len(val_set), len(test_set)) == (80, 16, 32)
     assert record["data"]["train_images"] == len(train_set)
+
+
+def test_the_code_fingerprint_ignores_docstrings_comments_and_layout(tmp_path, monkeypatch):
+    package = tmp_path / "utils"
+    package.mkdir()
+    for name in runs.TRAINING_CODE:
+        (package / name).write_text('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    monkeypatch.setattr(runs, "__file__", str(package / "runs.py"))
+    first = runs.code_fingerprint()
+    (package / "train.py").write_text('"""Other words."""\n\n\ndef f( x ):  # a comment\n    return x + 1\n')
+    assert runs.code_fingerprint() == first, "docstrings, comments and layout are not what a run computes"
+    (package / "train.py").write_text('def f(x):\n    return x + 2\n')
+    assert runs.code_fingerprint() != first, "a change to the code must change the fingerprint"
