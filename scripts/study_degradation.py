@@ -2,7 +2,8 @@
 """Choose chapter 1's quick-mode setting: plain-20/56 and ResNet-20/56 on a CPU, over 3 seeds.
 
     OMP_NUM_THREADS=1 python scripts/study_degradation.py            # every setting, seeds 0 1 2
-    python scripts/study_degradation.py --settings narrow-250 --seeds 0   # a subset, for a look
+    python scripts/study_degradation.py --settings w4-250img-400it --seeds 0   # a quick look
+    OMP_NUM_THREADS=1 python scripts/study_degradation.py --resume    # add settings to the file
 
 Every net is the paper's CIFAR-10 net with option A shortcuts ([v1] Sec. 4.2), at the widths of
 the setting, trained by ``utils.train.fit`` with a ``utils.recipes.Recipe``: SGD with momentum
@@ -24,7 +25,9 @@ The rule that picks the setting (``choose``), on the evaluation-mode training lo
 
 Writes ``results/study-degradation-quick.json`` (``--out``): every setting, net and seed, the
 rule, the chosen setting, ``run_metadata`` (command, commit, device, versions), the data source
-and the seconds. The file is rewritten after every run, so an interrupted study keeps what it had.
+and the seconds. The file is rewritten after every run, so an interrupted study keeps what it had;
+``--resume`` keeps the finished settings of an earlier file (same definition, every seed) and
+runs only the others, recording every invocation's command under ``invocations``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 
 from utils import data, models, recipes, results, train
-from utils.files import repo_root, write_json
+from utils.files import read_json, repo_root, write_json
 
 NETS = ("plain-20", "plain-56", "ResNet-20", "ResNet-56")
 SEEDS = (0, 1, 2)
@@ -79,11 +82,8 @@ SETTINGS = {
 def build(net: str, widths: tuple[int, ...], num_classes: int = 10) -> models.ResNet:
     """plain-<depth> or ResNet-<depth>: the CIFAR net of [v1] with option A shortcuts, at ``widths``."""
     family, depth = net.split("-")
-    n = (int(depth) - 2) // 6
-    return models.ResNet(
-        models.BasicBlock, [n, n, n], num_classes, stem="cifar", widths=widths,
-        shortcut="A", residual=family == "ResNet",
-    )  # fmt: skip
+    build_net = models.resnet_cifar if family == "ResNet" else models.plain_cifar
+    return build_net(int(depth), num_classes, widths=widths)
 
 
 def run_one(net, widths, recipe, train_set, test_set, seed):
@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    parser.add_argument("--out", default=str(Path(repo_root() or ".") / "results" / "study-degradation-quick.json"))
+    default_out = Path(repo_root() or ".") / "results" / "study-degradation-quick.json"
+    parser.add_argument("--out", default=str(default_out))
+    parser.add_argument("--resume", action="store_true", help="keep finished settings of --out")
     args = parser.parse_args(argv)
     names = args.settings.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     train_all, test_all = data.load_cifar10("train"), data.load_cifar10("test")
     train_pool, _ = data.train_val_split(train_all, VAL_SIZE, seed=0)
     test_set = data.class_balanced_subset(test_all, TEST_PER_CLASS, seed=0)
+    earlier = read_json(args.out) if args.resume and Path(args.out).exists() else None
     payload = {
         "what": "chapter 1's quick-mode setting: evaluation-mode training loss of plain-20/56 and ResNet-20/56",
         **metadata,
@@ -175,15 +178,29 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {},
         "chosen": None,
     }
+    invocation = {k: metadata[k] for k in ("command", "commit", "date", "device", "threads")}
+    payload["invocations"] = (earlier or {}).get("invocations", [])
+    if earlier is not None and not payload["invocations"]:
+        payload["invocations"] = [{k: earlier.get(k) for k in invocation}]
+    payload["invocations"].append(invocation)
     verdicts = {}
     started = time.perf_counter()
+    before = earlier.get("seconds", 0.0) if earlier is not None else 0.0
     for name in names:
         per_class, widths, recipe = SETTINGS[name]
         train_set = data.class_balanced_subset(train_pool, per_class, seed=0)
-        entry = payload["settings"][name] = {
+        entry = {
             "train_images": len(train_set), "train_per_class": per_class, "widths": list(widths),
             "test_images": len(test_set), "recipe": recipe.as_dict(), "runs": [],
         }  # fmt: skip
+        old = (earlier or {}).get("settings", {}).get(name)
+        if old is not None and all(old[k] == entry[k] for k in entry if k != "runs"):
+            if sorted({r["seed"] for r in old["runs"]}) == sorted(seeds) and len(old["runs"]) == len(seeds) * len(NETS):
+                payload["settings"][name] = old
+                verdicts[name] = old["verdict"] = verdict(old["runs"], seeds)
+                print(f"{name}: kept from {args.out}", flush=True)
+                continue
+        payload["settings"][name] = entry
         for seed in seeds:
             for net in NETS:
                 run = run_one(net, widths, recipe, train_set, test_set, seed)
@@ -191,12 +208,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} seed {seed} {net:10s} eval-mode train loss {run['eval_train_loss']:.3f} "
                       f"running {run['running_train_loss']:.3f} test error {run['test_error']:.1f} % "
                       f"({run['seconds']:.0f} s)", flush=True)  # fmt: skip
-                payload["seconds"] = time.perf_counter() - started
+                payload["seconds"] = before + time.perf_counter() - started
                 write_json(args.out, payload)
         verdicts[name] = entry["verdict"] = verdict(entry["runs"], seeds)
         print(f"{name}: {verdicts[name]['holds_for_all_seeds']}", flush=True)
     payload["chosen"] = choose(verdicts)
-    payload["seconds"] = time.perf_counter() - started
+    payload["seconds"] = before + time.perf_counter() - started
     write_json(args.out, payload)
     print(f"chosen: {payload['chosen']}  ({payload['seconds']:.0f} s) -> {args.out}")
     return 0

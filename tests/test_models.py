@@ -255,3 +255,12 @@ def test_main_path_depth_is_the_number_in_the_name(builder, depth):
     weighted = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
     projections = sum(isinstance(m, nn.Conv2d) for name, m in model.named_modules() if ".downsample." in f".{name}.")
     assert weighted - projections == depth
+
+
+def test_cifar_nets_take_narrower_widths():
+    narrow = models.resnet_cifar(20, widths=(8, 16, 32))
+    assert [narrow.layer1[0].conv1.out_channels, narrow.layer3[0].conv1.out_channels] == [8, 32]
+    assert models.count_parameters(models.resnet_cifar(20)) == CIFAR_PARAMS[20], "default: the paper's widths"
+    assert models.count_parameters(models.plain_cifar(20, widths=(8, 16, 32))) == models.count_parameters(narrow)
+    with pytest.raises(ValueError, match=r"widths=\(8, 16\) must give the channels of the three stages"):
+        models.resnet_cifar(20, widths=(8, 16))
