@@ -225,7 +225,7 @@ def test_the_simulated_cell_is_the_books_cell_but_for_url_and_folder():
 
 def test_contributing_quotes_the_current_setup_cell():
     text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
-    quoted = re.search(r"```python\n(   # Colab setup:.*?)\n   ```", text, re.DOTALL)
+    quoted = re.search(r"```ipython3\n(   # Colab setup:.*?)\n   ```", text, re.DOTALL)
     assert quoted, "CONTRIBUTING.md should quote the Colab setup cell in its 'The first two cells' section"
     cell = "\n".join(line[3:] for line in quoted.group(1).splitlines())
     assert cell == setup_cells.expected_setup_source(), (
