@@ -10,6 +10,12 @@ from scripts import runs as runs_script
 from utils import data, runs
 
 
+@pytest.fixture(autouse=True)
+def restore_mode(monkeypatch):
+    """main() sets RESNET_MODE=full for the runs: put back whatever the other tests expect."""
+    monkeypatch.setenv("RESNET_MODE", "quick")
+
+
 def test_the_queue_puts_the_degradation_nets_first_then_the_book_then_table_6():
     names = [item.name for item in runs_script.queue()]
     assert names[:4] == ["cifar10/plain20-seed0", "cifar10/plain56-seed0", "cifar10/resnet20-seed0",
