@@ -25,7 +25,7 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,7 +52,6 @@ __all__ = [
     "CH04_CIFAR10",
     "CH04_MNIST",
     "BOOK_RUNS",
-    "specs_by_name",
 ]
 
 # The files of utils/ that decide what a training computes. Plotting and cost code are left
@@ -333,7 +332,3 @@ CH04_MNIST = RunSpec(
     "ch04-resnet18-mnist", "resnet18", MNIST_FULL, (("stem", "cifar"),), dataset="mnist", chapter="04_training"
 )
 BOOK_RUNS: tuple[RunSpec, ...] = (CH04_CIFAR10, CH04_MNIST)
-
-
-def specs_by_name(specs: Iterable[RunSpec] = BOOK_RUNS) -> dict[str, RunSpec]:
-    return {spec.name: spec for spec in specs}
