@@ -7,8 +7,8 @@
 In each copy, every solution cell (tags ``solution`` and ``ex-N-k``, see CONTRIBUTING.md) keeps only
 its leading comment lines, the task, and ends with ``raise NotImplementedError(...)`` naming the
 exercise, so the check cell below it fails until the student writes an answer. Everything else
-(prose, setup, the chapter's code, the check cells) stays, except the wrong-answer cells, which are
-left out; outputs and execution counts are cleared;
+(prose, setup, the chapter's code, the check cells) stays, except the wrong-answer cells and the
+instructor answer keys of discussion exercises (cells tagged ``answer-key``), which are left out; outputs and execution counts are cleared;
 cell ids and tags are kept so that ``scripts/grade.py`` can find each answer again.
 """
 
@@ -38,9 +38,10 @@ uses its own copy of every other cell, check cells included, so keep your answer
 def student_copy(nb, chapter: str):
     """The student copy of one chapter notebook (a new notebook; ``nb`` is left untouched).
 
-    The wrong-answer cells (instructors' material for the tests) are left out."""
+    The wrong-answer cells (instructors' material for the tests) and the answer keys of discussion
+    exercises are left out."""
     tags.find_exercises(nb)  # the contract holds for the chapter as written, wrong answers included
-    copy_nb = tags.without_wrong_answers(nb)
+    copy_nb = tags.without_answer_keys(tags.without_wrong_answers(nb))
     exercises = tags.find_exercises(copy_nb)
     solutions = {index: exercise.tag for exercise in exercises for index in exercise.solutions}
     for index, cell in enumerate(copy_nb.cells):

@@ -10,6 +10,10 @@ that the check must reject. Being raw, it is never executed, by the book build, 
 reader's "Run all" in Jupyter or Colab; ``remove-cell`` hides it in the book.
 ``tests/test_grading.py`` runs each one against its check. Student copies omit these cells and the grader never runs them.
 
+An **answer-key cell** (a markdown cell tagged ``answer-key``, a dropdown admonition) follows the
+heading of an exercise that has no code check (a discussion, or an experiment to write up): the
+instructor's answer, folded in the book and left out of student copies.
+
 ``scripts/make_exercises.py`` turns solution cells into stubs; ``scripts/grade.py`` puts a student's
 answers back into the instructor's notebook and runs it under nbval. Both read the contract here,
 so that the two can never disagree about what an exercise is.
@@ -27,6 +31,7 @@ import nbformat
 SOLUTION_TAG = "solution"
 CHECK_TAG = "check"
 WRONG_ANSWER_TAG = "wrong-answer"
+ANSWER_KEY_TAG = "answer-key"
 # Every wrong-answer cell is a *raw* cell, so that nothing executes it: not the book build, not
 # nbval, not Jupyter's or Colab's "Run all" (which ignore execution tags). It is hidden in the book.
 WRONG_ANSWER_TAGS = (WRONG_ANSWER_TAG, "remove-cell")
@@ -104,6 +109,17 @@ def without_wrong_answers(nb):
     """A copy of ``nb`` without its wrong-answer cells (``nb`` is left untouched)."""
     stripped = copy.deepcopy(nb)
     stripped.cells = [cell for cell in stripped.cells if not is_wrong_answer(cell)]
+    return stripped
+
+
+def is_answer_key(cell) -> bool:
+    return ANSWER_KEY_TAG in cell_tags(cell)
+
+
+def without_answer_keys(nb):
+    """A copy of ``nb`` without its instructor answer keys (``nb`` is left untouched)."""
+    stripped = copy.deepcopy(nb)
+    stripped.cells = [cell for cell in stripped.cells if not is_answer_key(cell)]
     return stripped
 
 

@@ -242,6 +242,23 @@ def test_student_copy_replaces_only_the_solutions(toy_copies, chapter):
             assert cell.outputs == [] and cell.execution_count is None
 
 
+def test_student_copies_leave_out_the_answer_keys(tmp_path):
+    """Every book chapter with a discussion exercise has answer keys; its student copy has none."""
+    chapters = notebook_tags.chapter_notebooks(ROOT / "book")
+    with_keys = 0
+    for path in chapters:
+        nb = notebook_tags.read_notebook(path)
+        keys = [cell for cell in nb.cells if notebook_tags.is_answer_key(cell)]
+        copy = make_exercises.student_copy(nb, path.stem)
+        assert not any(notebook_tags.is_answer_key(cell) for cell in copy.cells), path.name
+        for key in keys:
+            body = [line for line in key.source.splitlines() if line.strip() and not line.startswith((":", "```"))]
+            assert body, f"{path.name}: an empty answer key"
+            assert not any(line in cell.source for cell in copy.cells for line in body), f"{path.name}: a key leaked"
+        with_keys += bool(keys)
+    assert with_keys >= 1, "no chapter has an answer key: the test would prove nothing"
+
+
 def test_student_copy_clears_outputs(tmp_path):
     nb = nbformat.read(str(TOY_BOOK / "01_toy.ipynb"), as_version=4)
     for cell in nb.cells:

@@ -2,15 +2,17 @@
 
 - _toc.yml and book/ agree: every toc entry exists, every page under book/ is in the toc.
 - Every notebook: valid nbformat 4.5 with a python3 kernelspec, first cell = the current Colab setup
-  cell (as scripts/sync_setup_cells.py writes it), then an import cell that prints
-  `config.describe()` and calls `train.set_seed(0)`; no committed outputs or execution counts; no star
+  cell (as scripts/sync_setup_cells.py writes it), then the title ("# ..."), then an import cell
+  that calls `train.set_seed(0)` and ends with `config.banner()` (the mode banner); no committed outputs or execution counts; no star
   or repeated imports; citations use keys of book/references.bib; only references.md has a bibliography.
 - No notebook looks for repository files itself (`../results`, `os.walk`, loops up `.parent` or
   `.parents`): committed files are found by `utils.files.repo_file`, which works in Colab too.
 - Every chapter notebook (01_..., not the preface) ends with "## Exercises": 3 to 5 exercises, at
   least 2 of them code exercises; each `ex-N-k` tag has exactly one solution cell (tagged `solution`
   and `hide-input`, opening with comment lines) followed later by exactly one check cell (tagged
-  `check`) that asserts.
+  `check` and `hide-cell`, so it stays folded) that asserts. Every other exercise (a discussion or
+  experiment to write up) has an instructor answer key: a markdown cell tagged `answer-key` after its
+  heading, a dropdown admonition, which `make exercises` leaves out of student copies.
 
 The tests run over the notebooks that exist (chapters being written are simply not collected yet),
 but the toc test fails for a listed chapter that does not exist. The last tests feed deliberately
@@ -79,14 +81,27 @@ def output_problems(nb) -> list[str]:
 
 
 def import_cell_problem(nb) -> str | None:
-    """The first code cell after the setup cell must print the mode and seed everything."""
+    """The first code cell after the setup cell must seed everything and show the mode banner."""
     code_cells = [cell for cell in nb.cells[1:] if cell.cell_type == "code"]
     if not code_cells:
         return "no code cell after the setup cell"
     source = code_cells[0].source
-    missing = [snippet for snippet in ("print(config.describe())", "train.set_seed(0)") if snippet not in source]
+    missing = [snippet for snippet in ("train.set_seed(0)",) if snippet not in source]
+    if not source.rstrip().endswith("config.banner()"):
+        missing.append("config.banner() as its last line")
     if missing:
         return f"the first code cell after the setup cell (the import cell) lacks {missing}"
+    return None
+
+
+def title_problem(nb) -> str | None:
+    """The first cell a reader sees (after the removed setup cell) is the page title."""
+    visible = [cell for cell in nb.cells if "remove-cell" not in _tags(cell)]
+    if not visible:
+        return "no visible cell"
+    first = visible[0]
+    if first.cell_type != "markdown" or not first.source.startswith("# "):
+        return f"the first visible cell ({first.get('id')}) is a {first.cell_type} cell, not the '# Title'"
     return None
 
 
@@ -199,8 +214,21 @@ def exercise_problems(nb, chapter: int) -> list[str]:
             problems.append(f"{tag}: the solution cell comes before its '### Exercise {n}.{k}' heading")
         if not _has_assert(check.source):
             problems.append(f"{tag}: the check cell has no assert statement")
+        if "hide-cell" not in _tags(check):
+            problems.append(f"{tag}: the check cell is not tagged hide-cell (it would show under the folded solution)")
     if code_exercises < 2:
         problems.append(f"{code_exercises} code exercise(s) with a solution and a check cell; expected at least 2")
+    coded = {int(EXERCISE_TAG.match(tag).group(2)) for tag in by_tag}
+    ends = sorted(headings.values()) + [len(cells)]
+    for k, i in sorted(headings.items()):
+        if k in coded:
+            continue
+        end = min(e for e in ends if e > i)
+        keys = [c for c in cells[i + 1 : end] if c.cell_type == "markdown" and "answer-key" in _tags(c)]
+        if len(keys) != 1:
+            problems.append(f"Exercise {chapter}.{k} has no code check, so it needs one answer-key cell; found {len(keys)}")
+        elif ":class: dropdown" not in keys[0].source:
+            problems.append(f"Exercise {chapter}.{k}: its answer key is not a dropdown admonition (it would show unfolded)")
     return problems
 
 
@@ -348,6 +376,12 @@ def test_import_cell_prints_the_mode_and_seeds(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_page_starts_with_its_title(path):
+    problem = title_problem(nbformat.read(path, as_version=4))
+    assert problem is None, f"{path.name}: {problem}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_no_committed_outputs(path):
     problems = output_problems(nbformat.read(path, as_version=4))
     assert not problems, f"{path.name} was committed with outputs (clear them):\n" + "\n".join(problems)
@@ -412,7 +446,7 @@ def _good_chapter(chapter: int = 7, exercises: int = 3, code_exercises: int = 2)
     cells = [
         setup,
         new_markdown_cell("# A chapter", id="title"),
-        new_code_cell("from utils import config, train\n\nprint(config.describe())\ntrain.set_seed(0)", id="imports"),
+        new_code_cell("from utils import config, train\n\ntrain.set_seed(0)\nconfig.banner()", id="imports"),
         new_markdown_cell("## Exercises", id="exercises"),
     ]
     for k in range(1, exercises + 1):
@@ -421,8 +455,12 @@ def _good_chapter(chapter: int = 7, exercises: int = 3, code_exercises: int = 2)
             solution = new_code_cell(f"# Task: define answer_{k}, the number 42.\nanswer_{k} = 42", id=f"solution-{k}")
             solution.metadata["tags"] = ["solution", f"ex-{chapter}-{k}", "hide-input"]
             check = new_code_cell(f"assert answer_{k} == 42, 'answer_{k} should be 42'", id=f"check-{k}")
-            check.metadata["tags"] = ["check", f"ex-{chapter}-{k}"]
+            check.metadata["tags"] = ["check", f"ex-{chapter}-{k}", "hide-cell"]
             cells += [solution, check]
+        else:
+            key = new_markdown_cell(f":::{{admonition}} Answer key\n:class: dropdown\n\n42.\n:::", id=f"key-{k}")
+            key.metadata["tags"] = ["answer-key"]
+            cells.append(key)
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
@@ -457,6 +495,12 @@ BROKEN_EXERCISES = {
     "missing check": (lambda nb: nb.cells.remove(_cell(nb, "check-1")), "0 check cells"),
     "two solutions": (lambda nb: nb.cells.insert(6, copy.deepcopy(_cell(nb, "solution-1"))), "2 solution cells"),
     "not folded": (lambda nb: _cell(nb, "solution-1").metadata["tags"].remove("hide-input"), "hide-input"),
+    "check not folded": (lambda nb: _cell(nb, "check-1").metadata["tags"].remove("hide-cell"), "hide-cell"),
+    "discussion without answer key": (lambda nb: nb.cells.remove(_cell(nb, "key-3")), "answer-key"),
+    "answer key not folded": (
+        lambda nb: _cell(nb, "key-3").update(source="Answer: 42."),
+        "dropdown",
+    ),
     "check before solution": (
         lambda nb: nb.cells.insert(nb.cells.index(_cell(nb, "solution-1")), nb.cells.pop(nb.cells.index(_cell(nb, "check-1")))),
         "must come after",
@@ -530,5 +574,10 @@ def test_output_and_import_checks_reject():
     assert any("star import" in p for p in import_problems(star))
     repeated = _broken(lambda nb: nb.cells.append(new_code_cell("from utils import config", id="again")))
     assert any("repeats an import" in p for p in import_problems(repeated))
-    unseeded = _broken(lambda nb: _cell(nb, "imports").update(source="from utils import config\nprint(config.describe())"))
+    unseeded = _broken(lambda nb: _cell(nb, "imports").update(source="from utils import config\nconfig.banner()"))
     assert "train.set_seed(0)" in import_cell_problem(unseeded)
+    no_banner = _broken(lambda nb: _cell(nb, "imports").update(source="from utils import train\ntrain.set_seed(0)"))
+    assert "config.banner()" in import_cell_problem(no_banner)
+    assert title_problem(_good_chapter()) is None
+    code_first = _broken(lambda nb: nb.cells.insert(1, nb.cells.pop(2)))
+    assert "not the '# Title'" in title_problem(code_first)
