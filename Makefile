@@ -1,6 +1,7 @@
 # Two commands do all setup on a fresh machine:
 #   make book   build the rendered book (executes every notebook) -> _build/html/index.html
-#   make test   run every test (unit tests, every notebook under nbval, the built book in a browser)
+#   make test   run every test (unit tests, every notebook under nbval, the built book in a browser,
+#               then every notebook in full mode with every run capped: the dry run)
 # Both create or refresh the virtual environment in .venv first.
 # RESNET_MODE=quick (default) or full picks the scale; RESNET_DATA points at the data folder.
 
@@ -10,10 +11,10 @@ PY     := $(VENV)/bin/python
 RESNET_MODE ?= quick
 export RESNET_MODE
 
-.PHONY: format figures venv book test browser exercises grade benchmark time-to-accuracy latency results-summary reproduce runs gpu-evidence clean help
+.PHONY: format figures venv book test dry-run browser exercises grade benchmark time-to-accuracy latency results-summary reproduce runs gpu-evidence clean help
 
 help:
-	@sed -n '1,6p' Makefile
+	@sed -n '1,7p' Makefile
 
 venv: $(VENV)/.installed
 
@@ -41,6 +42,11 @@ test: venv browser
 	# Two workers, one notebook each; one thread per worker so they do not fight over 2 cores.
 	RESNET_MODE=quick OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-current-env \
 	  --nbval-cell-timeout 900 tests book
+	$(PY) scripts/dry_run.py --if-data
+
+# Every notebook in full mode on the CPU, every run capped at 2 epochs of 2 batches (scripts/dry_run.py).
+dry-run: venv
+	$(PY) scripts/dry_run.py $(ARGS)
 
 # Instructors: student copies of every chapter (solutions replaced by stubs) in exercises/.
 exercises: venv

@@ -42,7 +42,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 DEGRADATION_NETS = ("plain20", "plain56", "resnet20", "resnet56")
 _splits: dict = {}  # the paper's splits, loaded once per process
-DRY_EPOCHS, DRY_BATCHES, DRY_BATCH_SIZE = 2, 2, 16
 
 
 @dataclass(frozen=True)
@@ -108,14 +107,6 @@ def _status(item: Item, out: Path | None) -> str:
     return "done" if record.get("done") else f"{record.get('epochs_completed', 0)}/{record.get('epochs_planned')} epochs"
 
 
-def dry_spec(spec):
-    """The dry-run version of a book run: the same spec with a 2-epoch, batch-16 recipe."""
-    from utils import runs
-
-    recipe = spec.recipe.shortened(DRY_EPOCHS).replace(batch_size=DRY_BATCH_SIZE)
-    return runs.RunSpec(**(spec.__dict__ | {"recipe": recipe}))
-
-
 def run_item(item: Item, args: argparse.Namespace, deadline: float | None, epochs_now: int | None = None) -> dict:
     """Train (or resume, or skip) one item of the queue; return its record."""
     import torch
@@ -124,14 +115,14 @@ def run_item(item: Item, args: argparse.Namespace, deadline: float | None, epoch
 
     device = torch.device(args.device) if args.device else None
     argv = ["scripts/runs.py", *sys.argv[1:]]
-    dry = {"max_batches": DRY_BATCHES, "epochs_now": epochs_now} if args.dry_run else {}
+    dry = {"max_batches": runs.DRY_BATCHES, "epochs_now": epochs_now} if args.dry_run else {}
     if item.spec is not None:
-        spec = dry_spec(item.spec) if args.dry_run else item.spec
+        spec = runs.dry_run_spec(item.spec) if args.dry_run else item.spec
         return runs.execute(spec, results_dir=args.out, checkpoint_dir=args.checkpoint_dir, deadline=deadline,
                             device=device, precision=args.precision, argv=argv, **dry)  # fmt: skip
     recipe = recipes.PAPER_CIFAR10
     if args.dry_run:
-        recipe = recipe.shortened(DRY_EPOCHS).replace(batch_size=DRY_BATCH_SIZE)
+        recipe = recipe.shortened(runs.DRY_EPOCHS).replace(batch_size=runs.DRY_BATCH_SIZE)
     out = (args.out / "cifar10") if args.out is not None else reproduction.default_results_dir("full", ROOT)
     checkpoints = args.checkpoint_dir or reproduction.default_checkpoint_dir("full")
     name = reproduction.run_name(item.net, item.seed)
@@ -146,6 +137,8 @@ def run_item(item: Item, args: argparse.Namespace, deadline: float | None, epoch
 
 def _dry_run(items: list[Item], args: argparse.Namespace) -> int:
     """Each run: stop after one epoch, resume, finish, then find it finished. Returns an exit status."""
+    from utils.runs import DRY_EPOCHS
+
     problems = []
     for item in items:
         first = run_item(item, args, None, epochs_now=1)

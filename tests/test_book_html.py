@@ -26,6 +26,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -306,9 +307,28 @@ INSPECT_PAGE_JS = r"""
     naturalWidth: img.naturalWidth,
     inContent: main.contains(img),
   }));
+  // What is wider than the column: a code block, an output or a table that scrolls or spills
+  // sideways at this window width (1280 px) hides part of itself from a reader.
+  const wide = [];
+  const column = main.getBoundingClientRect();
+  for (const el of main.querySelectorAll("pre, table, .cell_output, .output, img, svg, mjx-container[display='true']")) {
+    if (el.closest(".toggle-hidden, details:not([open]), .dropdown:not(.toggle-shown)")) continue;
+    const box = el.getBoundingClientRect();
+    if (box.width === 0) continue;  // folded (a hidden cell or dropdown)
+    const scrolls = el.scrollWidth > el.clientWidth + 2 && el.clientWidth > 0;
+    const spills = box.right > column.right + 2;
+    if (scrolls || spills) {
+      const text = (el.textContent || el.getAttribute("src") || el.tagName).trim().replace(/\s+/g, " ");
+      wide.push(`${el.tagName.toLowerCase()} ${Math.max(el.scrollWidth, Math.round(box.width))} px ` +
+                `in a ${Math.round(column.width)} px column: ${text.slice(0, 60)}`);
+    }
+  }
+  const outputText = [...main.querySelectorAll(".cell_output")].map((el) => el.textContent).join("\n");
   return {
     url: location.href,
     title: document.title,
+    wide,
+    outputText,
     mathjax,
     mathElements: mathElements.length,
     mathWithoutOutput: mathElements.filter((el) => !el.querySelector("mjx-container")).map((el) => el.textContent.slice(0, 80)),
@@ -319,6 +339,14 @@ INSPECT_PAGE_JS = r"""
   };
 })()
 """
+
+
+# Printed by a cell but meant for no reader: a path on the build machine, a Python repr of axes or
+# arrays of objects, torchinfo's unit enum, a raw JSON record.
+LEAKED_OUTPUT = re.compile(
+    r"(?:/home/|/work/|/tmp/|/root/|/content/|site-packages)\S*|array\(\[<Axes|<Axes: |Units\.[A-Z]+|"
+    r"\{\s*\"(?:command|commit|fingerprint)\"\s*:"
+)
 
 
 def page_problems(report: dict, requires: set[str] = frozenset()) -> list[str]:
@@ -339,6 +367,11 @@ def page_problems(report: dict, requires: set[str] = frozenset()) -> list[str]:
         problems.append(f"MathJax reports TeX errors: {report['texErrors'][:5]}")
     if report["rawTex"]:
         problems.append(f"raw TeX in the text (math that was never recognised as math): {report['rawTex'][:5]}")
+    if report["wide"]:
+        problems.append(f"wider than the column at 1280 px (clipped or scrolled): {report['wide'][:5]}")
+    leaked = sorted({m.group(0) for m in LEAKED_OUTPUT.finditer(report["outputText"])})
+    if leaked:
+        problems.append(f"outputs print what a reader should not see (machine paths, reprs, units): {leaked[:5]}")
     if "math" in requires and (report["mathElements"] == 0 or report["mjxContainers"] == 0):
         problems.append("this page should show typeset math, but has none")
     if "figure" in requires and not any(img["inContent"] and img["naturalWidth"] > 0 for img in report["images"]):
@@ -433,6 +466,8 @@ BROKEN_PAGE = r"""<!DOCTYPE html>
 </head><body><main>
 <p>Inline <span class="math notranslate nohighlight">\(x^2\)</span> and a forgotten $y = F(x) + x$ here.</p>
 <img src="missing.png" alt="a figure that is not there">
+<div style="width: 600px"><pre style="overflow-x: auto">model = build(""" + "x" * 150 + """)</pre>
+<div class="cell_output"><pre>data: /work/main/.data | Total mult-adds (Units.GIGABYTES): 0.56</pre></div></div>
 </main></body></html>
 """
 
@@ -473,6 +508,8 @@ def test_checks_reject_a_page_that_needs_the_network(browser, tmp_path):
     assert "MathJax did not load" in problems, f"missing MathJax was not reported:\n{problems}"
     assert "missing.png" in problems, f"the broken image was not reported:\n{problems}"
     assert "forgotten $y" in problems, f"raw $...$ math was not reported:\n{problems}"
+    assert "wider than the column" in problems and "model = build(" in problems, f"overflow not reported:\n{problems}"
+    assert "/work/main/.data" in problems and "Units.GIGABYTES" in problems, f"leaked output not reported:\n{problems}"
 
 
 def test_checks_accept_a_page_with_local_mathjax(browser, tmp_path):

@@ -568,3 +568,10 @@ def test_channel_stats_are_exact_and_remembered_only_while_the_images_live():
     del toy, images
     gc.collect()
     assert len(data._channel_stats) == remembered - 1, "a freed image array must leave the memo"
+
+
+def test_origin_names_the_files_without_the_machine_folders():
+    images = np.zeros((1, 2, 2, 3), np.uint8)
+    cached = data.ImageSet(images, np.zeros(1), ("a",), "/srv/x/.data/cifar10-uint8.npz (cache of /srv/x/.data/cifar10.tgz)")
+    assert cached.origin == "cifar10-uint8.npz (cache of cifar10.tgz)"
+    assert data.ImageSet(images, np.zeros(1), ("a",), "torchvision download").origin == "torchvision download"

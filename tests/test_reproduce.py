@@ -116,6 +116,20 @@ def test_resuming_refuses_a_changed_recipe_or_a_missing_checkpoint(offline):
         reproduction.run_reproduction("resnet8", 0, recipe, plan, **paths, **options)
 
 
+def test_a_record_of_other_training_code_is_trained_anew(offline, monkeypatch):
+    """A finished record whose code fingerprint differs (utils changed since) is not reused."""
+    recipe, plan = recipes.REPRODUCTION_SMOKE, reproduction.SMOKE_DATA
+    splits = reproduction.load_splits(plan)
+    paths = {"results_path": offline / "c.json", "checkpoint_path": offline / "c.pt"}
+    options = {"splits": splits, "device": "cpu", "log": lambda line: None}
+    old = reproduction.run_reproduction("resnet8", 0, recipe, plan, **paths, **options)
+    assert old["done"]
+    monkeypatch.setattr(reproduction.runs, "code_fingerprint", lambda: "0123456789abcdef")
+    new = reproduction.run_reproduction("resnet8", 0, recipe, plan, **paths, **options)
+    assert new["done"] and new["code"] == "0123456789abcdef" != old["code"]
+    assert [i["epochs_before"] for i in new["invocations"]] == [0], "trained from scratch, not resumed"
+
+
 def test_full_mode_refuses_the_digits_fallback(offline, monkeypatch):
     # utils.data itself stops in full mode when there is no CIFAR-10 ...
     with pytest.raises(SystemExit, match=r"full mode.*CIFAR-10 was not found"):

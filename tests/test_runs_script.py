@@ -71,6 +71,6 @@ def test_every_run_of_the_queue_stops_resumes_and_finishes_in_a_dry_run(tmp_path
     assert runs_script.main(["--dry-run", "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt")]) == 0
     assert len(list((out / "cifar10").glob("*.json"))) == 18
     for spec in runs.BOOK_RUNS:
-        record = runs.finished(runs_script.dry_spec(spec), out)
-        assert record is not None and record["data"]["max_batches"] == runs_script.DRY_BATCHES
+        record = runs.finished(runs.dry_run_spec(spec), out)
+        assert record is not None and record["data"]["max_batches"] == runs.DRY_BATCHES
         assert record["data"]["dataset"] == spec.dataset, "a dry run reads the real data"

@@ -10,6 +10,10 @@ Colab and a GPU server unchanged:
 ``RESNET_DATA``
     The data directory (default ``~/.cache/resnet-course``). Put a copy of
     CIFAR-10 there (see ``utils.data``); decoded caches are written there too.
+``RESNET_RESULTS``, ``RESNET_CHECKPOINTS``
+    Other folders for the full-scale run records (default: the repository's
+    ``results/``) and their checkpoints (default: ``checkpoints/`` in the data
+    directory). The dry run points both at a temporary folder.
 ``RESNET_DRY_RUN``
     ``1`` in full mode: the CI check that every full-mode line runs. Each
     compute-heavy full-mode value a chapter picks with ``pick(..., dry=...)``
@@ -23,12 +27,17 @@ import os
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["MODES", "mode", "is_quick", "is_dry_run", "pick", "data_dir", "describe", "banner"]
+__all__ = [
+    "MODES", "mode", "is_quick", "is_dry_run", "pick", "data_dir", "checkpoint_dir", "results_root",
+    "describe", "banner",
+]
 
 MODES = ("quick", "full")
 MODE_VARIABLE = "RESNET_MODE"
 DATA_VARIABLE = "RESNET_DATA"
 DRY_RUN_VARIABLE = "RESNET_DRY_RUN"
+RESULTS_VARIABLE = "RESNET_RESULTS"
+CHECKPOINTS_VARIABLE = "RESNET_CHECKPOINTS"
 DEFAULT_DATA_DIR = Path("~/.cache/resnet-course")
 
 T = TypeVar("T")
@@ -47,7 +56,11 @@ def is_quick() -> bool:
 
 
 def is_dry_run() -> bool:
-    """True when ``RESNET_DRY_RUN`` asks for the capped full-mode check (only full mode has one)."""
+    """True when ``RESNET_RESULTS``, ``RESNET_CHECKPOINTS``
+    Other folders for the full-scale run records (default: the repository's
+    ``results/``) and their checkpoints (default: ``checkpoints/`` in the data
+    directory). The dry run points both at a temporary folder.
+``RESNET_DRY_RUN`` asks for the capped full-mode check (only full mode has one)."""
     value = os.environ.get(DRY_RUN_VARIABLE, "").strip().lower()
     if value not in ("", "0", "1", "false", "true"):
         raise ValueError(f"{DRY_RUN_VARIABLE}={os.environ[DRY_RUN_VARIABLE]!r} is not a switch; expected 0 or 1")
@@ -76,6 +89,26 @@ def data_dir() -> Path:
         raise ValueError(f"{DATA_VARIABLE}={str(path)!r} is not a directory; expected a folder for datasets")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def checkpoint_dir() -> Path:
+    """Where full-scale runs keep their checkpoints: ``RESNET_CHECKPOINTS``, else ``<data>/checkpoints``."""
+    named = os.environ.get(CHECKPOINTS_VARIABLE)
+    return Path(named).expanduser().resolve() if named else data_dir() / "checkpoints"
+
+
+def results_root() -> Path | None:
+    """Where run records live: ``RESNET_RESULTS`` if set, else the repository's ``results/``.
+
+    None where this installation of ``utils`` has no repository beside it.
+    """
+    from utils.files import repo_root  # local import: utils.files imports nothing of ours at module level
+
+    named = os.environ.get(RESULTS_VARIABLE)
+    if named:
+        return Path(named).expanduser().resolve()
+    root = repo_root()
+    return None if root is None else root / "results"
 
 
 def _data_sources() -> str:

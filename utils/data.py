@@ -109,6 +109,11 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def origin(self) -> str:
+        """``source`` by file name only, without the folders of the machine that read it: what a page prints."""
+        return re.sub(r"(?:[A-Za-z]:)?[^\s()]*[/\\]", "", self.source)
+
     def subset(self, indices: np.ndarray) -> ImageSet:
         return replace(self, images=self.images[indices], labels=self.labels[indices])
 

@@ -16,17 +16,77 @@ import torch
 __all__ = ["show_source", "plot_history", "compare_histories", "plot_grad_norms", "show_predictions", "plot_confusion"]
 
 
+SOURCE_WIDTH = 88  # the book's code column (book/_static/course.css)
+
+
 def show_source(obj) -> None:
     """Display the source of a ``utils`` function or class as a highlighted code block.
 
     Chapters show the code they teach this way instead of copying it, so the book and
-    the package can never disagree.
+    the package can never disagree. The package is written 120 columns wide; the listing is
+    reflowed to the book's 88 by black where black is installed (the book build), and shown
+    as written elsewhere (a bare Colab runtime): only the layout changes, never the code.
     """
     import inspect
 
     from IPython.display import Markdown, display
 
-    display(Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```"))
+    display(Markdown(f"```python\n{reflowed_source(inspect.getsource(obj))}\n```"))
+
+
+def reflowed_source(source: str, width: int = SOURCE_WIDTH) -> str:
+    """``source`` (dedented) laid out by black within ``width`` columns, or as written without black."""
+    import textwrap
+
+    source = textwrap.dedent(source).rstrip()
+    try:
+        import black
+    except ImportError:
+        return source
+    try:
+        mode = black.Mode(line_length=width, preview=True, enabled_features={black.Preview.string_processing})
+        source = black.format_str(source, mode=mode).rstrip()
+    except black.InvalidInput:  # pragma: no cover - inspect returned something black cannot parse
+        return source
+    return _wrap_prose(source, width)
+
+
+def _wrap_prose(source: str, width: int) -> str:
+    """Wrap what black leaves long: docstring lines and comments (a trailing one moves above its line)."""
+    import ast
+    import io
+    import textwrap
+    import tokenize
+
+    docstring_lines: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            value = body[0].value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                docstring_lines.update(range(value.lineno, value.end_lineno + 1))
+    comments = {
+        token.start[0]: token.start[1]
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    out = []
+    for number, line in enumerate(source.splitlines(), start=1):
+        if len(line) <= width:
+            out.append(line)
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        if number in comments:
+            code, comment = line[: comments[number]].rstrip(), line[comments[number] :].lstrip("# ")
+            wrapped = textwrap.wrap(comment, width - len(indent) - 2) or [""]
+            out += [f"{indent}# {part}" for part in wrapped]
+            if code.strip():
+                out.append(code)
+        elif number in docstring_lines:
+            out += textwrap.wrap(line.strip(), width, initial_indent=indent, subsequent_indent=indent)
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def _curves(ax, x, series: Mapping[str, Sequence[float]], xlabel: str, ylabel: str, yscale: str = "linear"):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import config, data, models, results, runs, train
-from .files import read_json, repo_root, write_json
+from .files import read_json, write_json
 from .recipes import PAPER_CIFAR10, Recipe, paper_cifar10
 
 __all__ = [
@@ -162,16 +162,19 @@ def default_results_dir(mode: str, repo_root: str | Path) -> Path:
 
 def default_checkpoint_dir(mode: str) -> Path:
     """Where checkpoints go: under the data directory, never in the repository."""
-    return config.data_dir() / ("checkpoints/cifar10" if mode == "full" else "reproduce-quick/checkpoints")
+    if mode == "full":
+        return config.checkpoint_dir() / "cifar10"
+    return config.data_dir() / "reproduce-quick" / "checkpoints"
 
 
 def committed_results_dir() -> Path | None:
     """``results/cifar10`` of the repository: the full runs committed with the course.
 
+    ``RESNET_RESULTS`` (``config.results_root``) names another results folder (the dry run's).
     None where this installation of ``utils`` has no repository beside it.
     """
-    root = repo_root()
-    return None if root is None else root / "results" / "cifar10"
+    root = config.results_root()
+    return None if root is None else root / "cifar10"
 
 
 def run_name(net: str, seed: int) -> str:
@@ -281,6 +284,7 @@ def run_reproduction(
                 f"{results_path} records a run with different {', '.join(changed)}; continuing it would mix two "
                 "experiments. Move it (and its checkpoint) away to start over, or pass other paths."
             )
+    if previous is not None:  # None again when other training code made it (above)
         if previous.get("done"):
             log(f"{name}: already done ({previous['epochs_completed']} epochs), see {results_path}")
             return previous

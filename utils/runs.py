@@ -14,8 +14,13 @@ is part of the checkpoint's name. A finished run with the same fingerprint is re
 one resumes from its checkpoint, and a run with any other fingerprint is never reused: after a
 change to ``utils/train.py``, say, ``finished`` returns None and ``make runs`` trains again.
 
-``RESNET_RESULTS`` names another folder for the records (a dry run writes to a temporary
-one); checkpoints live under the data directory, never in the repository.
+``RESNET_RESULTS`` names another folder for the records and ``RESNET_CHECKPOINTS`` another for
+the checkpoints, which otherwise live under the data directory, never in the repository.
+
+The **dry run** (``RESNET_DRY_RUN=1`` in full mode, ``scripts/dry_run.py``) checks every full-mode
+line on a CPU: ``make runs --dry-run`` trains ``dry_run_spec(spec)`` (the same run, 2 epochs of 2
+batches of 16 images: another recipe, hence another fingerprint, so such a record can never pass
+for the real one) into a temporary folder, and ``load_finished`` then reads that spec.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 from torch import nn
 
 from . import config, data, models, results, train
-from .files import read_json, repo_root, write_json
+from .files import read_json, write_json
 from .recipes import MNIST_FULL, RESNET18_CIFAR10, Recipe
 
 __all__ = [
@@ -42,6 +47,10 @@ __all__ = [
     "code_fingerprint",
     "results_root",
     "RunSpec",
+    "dry_run_spec",
+    "DRY_EPOCHS",
+    "DRY_BATCHES",
+    "DRY_BATCH_SIZE",
     "Capped",
     "execute",
     "finished",
@@ -57,7 +66,10 @@ __all__ = [
 # The files of utils/ that decide what a training computes. Plotting and cost code are left
 # out on purpose: changing a figure must not throw away hours of GPU training.
 TRAINING_CODE = ("data.py", "files.py", "models.py", "recipes.py", "reproduction.py", "runs.py", "train.py")
-RESULTS_VARIABLE = "RESNET_RESULTS"
+RESULTS_VARIABLE = config.RESULTS_VARIABLE
+results_root = config.results_root  # re-exported: the run records' folder
+# The dry run's size: enough to cross an epoch boundary, save, resume and evaluate.
+DRY_EPOCHS, DRY_BATCHES, DRY_BATCH_SIZE = 2, 2, 16
 DATASETS = ("cifar10", "mnist")
 MODEL_BUILDERS = ("resnet18", "resnet34", "resnet50", "resnet_cifar", "plain_cifar")
 
@@ -85,18 +97,6 @@ def _is_docstring(statement: ast.stmt) -> bool:
     return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(
         statement.value.value, str
     )
-
-
-def results_root() -> Path | None:
-    """Where run records live: ``RESNET_RESULTS`` if set, else the repository's ``results/``.
-
-    None where this installation of ``utils`` has no repository beside it.
-    """
-    named = os.environ.get(RESULTS_VARIABLE)
-    if named:
-        return Path(named).expanduser().resolve()
-    root = repo_root()
-    return None if root is None else root / "results"
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,12 @@ class Capped:
             self.loader.set_epoch(epoch)
 
 
+def dry_run_spec(spec: RunSpec) -> RunSpec:
+    """The dry-run version of a book run: the same spec with a 2-epoch, batch-16 recipe."""
+    recipe = spec.recipe.shortened(DRY_EPOCHS).replace(batch_size=DRY_BATCH_SIZE)
+    return RunSpec(**(spec.__dict__ | {"recipe": recipe}))
+
+
 def _load(dataset: str) -> tuple[data.ImageSet, data.ImageSet]:
     if dataset == "mnist":
         return data.load_mnist("train"), data.load_mnist("test")
@@ -182,7 +188,10 @@ def load_finished(spec: RunSpec, results_dir=None, checkpoint_dir=None) -> tuple
     """The record and trained model of a finished run, or a ``RunMissingError`` naming the command.
 
     Full-mode chapters call this instead of training: ``make runs`` trains, the book reads.
+    In the dry run (``config.is_dry_run()``) it reads the capped run ``dry_run_spec(spec)``.
     """
+    if config.is_dry_run():
+        spec = dry_run_spec(spec)
     record = finished(spec, results_dir)
     if record is None:
         raise RunMissingError(
@@ -204,7 +213,7 @@ def _record_path(spec: RunSpec, results_dir: Path | None) -> Path:
 
 
 def _checkpoint_path(spec: RunSpec, checkpoint_dir: Path | None) -> Path:
-    folder = checkpoint_dir if checkpoint_dir is not None else config.data_dir() / "checkpoints" / "runs"
+    folder = checkpoint_dir if checkpoint_dir is not None else config.checkpoint_dir() / "runs"
     return Path(folder) / f"{spec.name}-{spec.fingerprint()}.pt"
 
 
