@@ -84,8 +84,10 @@ def prepare_runs(workdir: Path, names: tuple[str, ...] = RUN_NAMES) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
         started = time.monotonic()
         command = [sys.executable, str(ROOT / "scripts" / "runs.py"), "--dry-run", "--only", ",".join(names),
-                   "--out", str(workdir / "results"), "--checkpoint-dir", str(workdir / "checkpoints")]  # fmt: skip
-        completed = subprocess.run(command, cwd=ROOT, env=os.environ | {"RESNET_DRY_RUN": "0"})
+                   "--out", str(workdir / "results")]  # fmt: skip
+        # The checkpoints go where the pages will look for them: RESNET_CHECKPOINTS/runs and /cifar10.
+        env = dry_environment(workdir) | {"RESNET_DRY_RUN": "0"}
+        completed = subprocess.run(command, cwd=ROOT, env=env)
         if completed.returncode != 0:
             raise SystemExit(f"the capped runs failed (exit status {completed.returncode}): {' '.join(command)}")
         write_json(stamp_path, stamp)

@@ -8,6 +8,7 @@ executor, which must report a page that fails in full mode and pass one that run
 from __future__ import annotations
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -96,3 +97,25 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         dry_run.main(["--jobs", "0", "--skip-runs"])
     assert "--jobs 0" in capsys.readouterr().err
+
+
+def test_the_pages_find_the_capped_runs_and_their_checkpoints(tmp_path, monkeypatch, capsys):
+    """What the dry run trains is what a full-mode page then loads: record and checkpoint alike."""
+    from utils import data
+
+    copies = data.local_copies(config.data_dir())
+    if not copies["mnist"]:
+        if os.environ.get("CI"):
+            pytest.fail("CI must expose MNIST through RESNET_DATA (see .ci/run)")
+        pytest.skip("no local copy of MNIST in RESNET_DATA")
+    workdir = tmp_path / "dry"
+    dry_run.prepare_runs(workdir, names=(runs.CH04_MNIST.name,))
+    assert json.loads((workdir / "stamp.json").read_text())["runs"] == [runs.CH04_MNIST.name]
+    for name, value in dry_run.dry_environment(workdir).items():
+        if name.startswith("RESNET_"):
+            monkeypatch.setenv(name, value)
+    record, model = runs.load_finished(runs.CH04_MNIST)
+    assert record["done"] and record["data"]["max_batches"] == runs.DRY_BATCHES and not model.training
+    capsys.readouterr()
+    dry_run.prepare_runs(workdir, names=(runs.CH04_MNIST.name,))  # the same code: reused, not trained again
+    assert "reusing" in capsys.readouterr().out
