@@ -56,11 +56,7 @@ def is_quick() -> bool:
 
 
 def is_dry_run() -> bool:
-    """True when ``RESNET_RESULTS``, ``RESNET_CHECKPOINTS``
-    Other folders for the full-scale run records (default: the repository's
-    ``results/``) and their checkpoints (default: ``checkpoints/`` in the data
-    directory). The dry run points both at a temporary folder.
-``RESNET_DRY_RUN`` asks for the capped full-mode check (only full mode has one)."""
+    """True when ``RESNET_DRY_RUN`` asks for the capped full-mode check (only full mode has one)."""
     value = os.environ.get(DRY_RUN_VARIABLE, "").strip().lower()
     if value not in ("", "0", "1", "false", "true"):
         raise ValueError(f"{DRY_RUN_VARIABLE}={os.environ[DRY_RUN_VARIABLE]!r} is not a switch; expected 0 or 1")
