@@ -32,10 +32,11 @@ from utils import config, cost, models, results, train
 
 DEPTHS = (18, 34, 50, 101, 152)
 # Seed post 003 times TF-slim's ResNet-v2-152 (batch 32, 224x224, 10 burn-in steps, 100 batches)
-# and says it is "about 50 % slower" than VGG and Inception: --also times those three the same way.
-EXTRA_MODELS = ("resnet_v2_152", "vgg16", "inception_v3")
-PRECISIONS = ("fp32", "bf16")
-MEMORY_FORMATS = ("contiguous", "channels_last")
+# and says it takes "only about 50 % more" time than VGG and Inception: --also times those three the
+# same way.
+EXTRA_MODELS = cost.SEED_POST_003_MODELS
+PRECISIONS = cost.InferenceWrapper.PRECISIONS
+MEMORY_FORMATS = cost.InferenceWrapper.MEMORY_FORMATS
 # The ImageNet ResNets shrink the input 32-fold before the global average pooling.
 MIN_IMAGE_SIZE = 32
 
@@ -47,37 +48,10 @@ def build_model(depth: int) -> nn.Module:
     return getattr(models, f"resnet{depth}")(num_classes=1000)
 
 
-def build_extra(name: str) -> nn.Module:
-    """The models of seed post 003's comparison, with random weights (nothing is downloaded)."""
-    import torchvision
-
-    if name == "resnet_v2_152":  # pre-activation bottlenecks, [3, 8, 36, 3] as in TF-slim
-        return models.ResNet(models.PreActBottleneck, [3, 8, 36, 3], num_classes=1000)
-    if name == "vgg16":
-        return torchvision.models.vgg16(weights=None)
-    if name == "inception_v3":  # adaptive pooling: 224x224 inputs work (TF-slim feeds 299 or 224)
-        return torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
-    raise ValueError(f"unknown model {name!r}; expected one of {EXTRA_MODELS}")
-
-
-class InferenceWrapper(nn.Module):
-    """Runs a model the way it is deployed: inputs in its memory format, under bf16 autocast if asked.
-
-    ``forward_latency`` feeds a plain fp32 NCHW batch; converting it here puts the conversion
-    inside the timed pass, as it would be in a real serving loop.
-    """
-
-    def __init__(self, model: nn.Module, precision: str, memory_format: str):
-        super().__init__()
-        self.model = model
-        self.precision = precision
-        self.memory_format = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=self.memory_format)
-        # bf16 autocast: convolutions and matrix products in bfloat16, reductions kept in fp32.
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.model(x)
+# The models of seed post 003's comparison and the deployed-model wrapper live in utils.cost, where
+# chapter 9 finds them too.
+build_extra = cost.seed_post_003_model
+InferenceWrapper = cost.InferenceWrapper
 
 
 def _positive_int(text: str) -> int:
@@ -143,8 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--device cuda: no CUDA GPU is available here")
     args.device = torch.device(args.device) if args.device else train.default_device()
     on_gpu = args.device.type == "cuda"
-    args.repeats = args.repeats or config.pick(quick=5, full=100)
-    args.warmup = args.warmup if args.warmup is not None else config.pick(quick=2, full=10)
+    args.repeats = args.repeats or config.pick(quick=5, full=100, dry=2)
+    args.warmup = args.warmup if args.warmup is not None else config.pick(quick=2, full=10, dry=1)
     args.precisions = args.precisions or (["fp32", "bf16"] if on_gpu else ["fp32"])
     args.memory_format = args.memory_format or ("channels_last" if on_gpu else "contiguous")
     # Deduplicate, keeping the order given: each combination is measured once.

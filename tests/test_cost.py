@@ -275,3 +275,41 @@ def test_forward_latency_one_repeat_and_real_model():
 def test_forward_latency_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         cost.forward_latency(Sleeper(), **kwargs)
+
+
+def test_inference_wrapper_converts_inside_the_pass_and_rejects_unknown_settings():
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            seen.append((x.is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled("cpu")))
+            return x
+
+    x = torch.randn(2, 3, 4, 4)
+    cost.InferenceWrapper(Recorder(), "fp32", "contiguous")(x)
+    cost.InferenceWrapper(Recorder(), "bf16", "channels_last")(x)
+    assert seen == [(False, False), (True, True)]
+    with pytest.raises(ValueError, match="precision"):
+        cost.InferenceWrapper(Recorder(), "fp16")
+    with pytest.raises(ValueError, match="memory_format"):
+        cost.InferenceWrapper(Recorder(), "fp32", "nhwc")
+
+
+def test_seed_post_003_models_are_the_posts_and_torchvisions():
+    from torchvision.models import get_model_weights
+
+    assert cost.SEED_POST_003_MODELS == ("resnet_v2_152", "vgg16", "inception_v3")
+    with torch.device("meta"):
+        built = {name: cost.seed_post_003_model(name) for name in cost.SEED_POST_003_MODELS}
+    resnet = built["resnet_v2_152"]
+    assert isinstance(resnet.layer1[0], models.PreActBottleneck)
+    assert [len(resnet.get_submodule(f"layer{i}")) for i in range(1, 5)] == [3, 8, 36, 3]
+    assert models.main_path_depth(resnet) == 152 and resnet.fc.out_features == 1000
+    # torchvision documents VGG-16's size and its "GFLOPS", which are multiply-adds (as for the
+    # ResNets, chapter 5): count_macs must give them, not half or twice them.
+    documented = get_model_weights("vgg16").IMAGENET1K_V1.meta
+    assert models.count_parameters(built["vgg16"]) == documented["num_params"]
+    assert round(cost.count_macs(built["vgg16"], (1, 3, 224, 224)) / 1e9, 2) == documented["_ops"]
+    assert built["inception_v3"].AuxLogits is None, "inference does not run the auxiliary head"
+    with pytest.raises(ValueError, match="unknown model"):
+        cost.seed_post_003_model("vgg19")

@@ -60,6 +60,7 @@ def test_bf16_autocast_wrapper_runs_in_bfloat16_and_keeps_the_prediction():
     model = models.resnet18(num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     wrapper = latency.InferenceWrapper
+    assert wrapper is cost.InferenceWrapper, "the benchmark and chapter 9 time models through one wrapper"
     with torch.no_grad():
         fp32 = wrapper(model, "fp32", "contiguous")(x)
         bf16 = wrapper(model, "bf16", "channels_last")(x)

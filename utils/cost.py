@@ -23,7 +23,11 @@ paper's own counts.
 
 ``forward_latency`` times forward passes: a few warm-up passes, then the mean
 and standard deviation over repeated passes, synchronising a GPU around each
-pass so that its asynchronous kernels are timed whole.
+pass so that its asynchronous kernels are timed whole. ``InferenceWrapper`` runs a
+model as it is deployed (channels-last inputs, bf16 autocast), and
+``seed_post_003_model`` builds the networks of seed post 003's timing comparison
+(ResNet-v2-152, VGG-16, Inception-v3), so that chapter 9 and ``benchmarks/latency.py``
+time the same ones.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ __all__ = [
     "format_layer_table",
     "Latency",
     "forward_latency",
+    "InferenceWrapper",
+    "SEED_POST_003_MODELS",
+    "seed_post_003_model",
 ]
 
 # He et al. 2015, Table 1, bottom row: "FLOPs" of the ImageNet ResNets for one 224x224 image, in
@@ -304,3 +311,58 @@ def forward_latency(
         model.train(was_training)
     std = statistics.stdev(times) if repeats > 1 else 0.0
     return Latency(statistics.fmean(times), std, min(times), repeats)
+
+
+class InferenceWrapper(nn.Module):
+    """Runs a model the way it is deployed: inputs in its memory format, under bf16 autocast if asked.
+
+    ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast: convolutions and matrix products in
+    bfloat16, reductions kept in fp32); ``memory_format`` is ``"contiguous"`` (NCHW) or
+    ``"channels_last"`` (NHWC; move the model itself with ``model.to(memory_format=...)`` too).
+    ``forward_latency`` feeds a plain fp32 NCHW batch; converting it here puts the conversion
+    inside the timed pass, as it would be in a real serving loop.
+    """
+
+    PRECISIONS = ("fp32", "bf16")
+    MEMORY_FORMATS = ("contiguous", "channels_last")
+
+    def __init__(self, model: nn.Module, precision: str = "fp32", memory_format: str = "contiguous"):
+        super().__init__()
+        if precision not in self.PRECISIONS:
+            raise ValueError(f"precision must be one of {self.PRECISIONS}, got {precision!r}")
+        if memory_format not in self.MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {self.MEMORY_FORMATS}, got {memory_format!r}")
+        self.model = model
+        self.precision = precision
+        self.memory_format = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.model(x)
+
+
+# Seed post 003 times TF-slim's ResNet-v2-152 (batch 32, 224x224, 10 burn-in steps, 100 batches) and
+# says its forward pass takes "only about 50 % more" time than VGGNet's and Inception-v3's.
+SEED_POST_003_MODELS = ("resnet_v2_152", "vgg16", "inception_v3")
+
+
+def seed_post_003_model(name: str) -> nn.Module:
+    """One network of seed post 003's comparison, 1000 classes, random weights (nothing is downloaded).
+
+    ``resnet_v2_152``: pre-activation bottlenecks, [3, 8, 36, 3] blocks, as the post's TF-slim
+    net (``utils.models.PreActBottleneck``); ``vgg16`` and ``inception_v3``: torchvision's (the
+    latter without its auxiliary head, which inference does not run; its adaptive pooling takes
+    224x224 inputs as well as the 299x299 it was designed for).
+    """
+    import torchvision  # local: only this comparison needs torchvision's other families
+
+    from . import models
+
+    if name == "resnet_v2_152":
+        return models.ResNet(models.PreActBottleneck, [3, 8, 36, 3], num_classes=1000)
+    if name == "vgg16":
+        return torchvision.models.vgg16(weights=None)
+    if name == "inception_v3":
+        return torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    raise ValueError(f"unknown model {name!r}; expected one of {SEED_POST_003_MODELS}")
