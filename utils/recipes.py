@@ -34,7 +34,10 @@ __all__ = [
     "DEGRADATION_QUICK",
     "MINIATURE",
     "LESION_QUICK",
+    "ANALYSIS_CIFAR10",
     "REPRODUCTION_SMOKE",
+    "ADAM_VS_SGD_SGD",
+    "ADAM_VS_SGD_ADAM",
 ]
 
 SCHEDULES = ("constant", "multistep", "cosine")
@@ -257,7 +260,28 @@ LESION_QUICK = Recipe.from_iterations(
     100, steps_per_epoch=10, milestones=(50, 75), batch_size=32, lr=0.1 * 32 / 128, weight_decay=1e-4
 )
 
+# Chapter 7's committed nets (scripts/train_analysis_nets.py, results/weights/): ResNet-20 and
+# plain-20 on all 50,000 training images for two epochs (782 iterations), what a shared CPU
+# allowed, at the paper's batch 128, rate 0.1, momentum 0.9 and weight decay 1e-4 ([v1] Sec.
+# 4.2), reached by a linear warm-up over a tenth of the run and then decayed to zero by a cosine,
+# which makes the most of a short run (Loshchilov and Hutter 2017).
+ANALYSIS_CIFAR10 = Recipe(
+    epochs=2, batch_size=128, lr=0.1, weight_decay=1e-4, schedule="cosine", warmup_epochs=0.2
+)
+
 # scripts/reproduce.py --quick: a smoke test of the whole path (100 images, 2 epochs).
 REPRODUCTION_SMOKE = Recipe.from_iterations(
     8, steps_per_epoch=4, milestones=(4, 6), batch_size=32, lr=0.1, weight_decay=1e-4
 )
+
+# Chapter 8's exercise 8.1, the seed posts' two optimisers on seed post 004's 256 randomly drawn
+# digits, at Keras's default batch of 32 (8 iterations per epoch) for 6 short epochs, with no
+# augmentation, schedule or weight decay (Keras's SGD and Adam have none by default).
+# ADAM_VS_SGD_SGD is post 004's `SGD(learning_rate=0.01, momentum=0.0)`. ADAM_VS_SGD_ADAM gives
+# post 000's `Adam(lr=1e-3)` its rate and the same batches; the chapter builds the Adam optimiser
+# itself (a Recipe describes SGD, so its momentum is unused there).
+ADAM_VS_SGD_SGD = Recipe(
+    epochs=6, batch_size=32, lr=0.01, momentum=0.0, weight_decay=0.0, schedule="constant",
+    augment=False,
+)
+ADAM_VS_SGD_ADAM = ADAM_VS_SGD_SGD.replace(lr=1e-3)
