@@ -64,6 +64,7 @@ USE_PATTERNS = {
 FOLDER_LOCATORS = {
     "results/cifar10": re.compile(r"\bcommitted_results_dir\("),
     "results/runs": re.compile(r"\bruns\.(?:load_finished|finished|execute|results_root)\("),
+    "results/weights": re.compile(r"\bweights\.(?:load_committed|committed_record)\("),
 }
 
 
@@ -260,7 +261,7 @@ import json
 from pathlib import Path
 
 import utils
-from utils import files, reproduction, runs
+from utils import files, reproduction, runs, weights
 
 USES = json.loads({uses!r})
 root = files.repo_root()
@@ -286,6 +287,7 @@ for kind, key in USES:
             folder = {{
                 "results/cifar10": reproduction.committed_results_dir,
                 "results/runs": lambda: runs.results_root() / "runs",
+                "results/weights": lambda: files.repo_file(weights.WEIGHTS_FOLDER),
             }}[key]()
             assert inside(folder) == key, f"the locator gives {{folder}}, not {{key}} of the clone"
             found = every_file(folder) if folder.is_dir() else []

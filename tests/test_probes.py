@@ -239,6 +239,42 @@ def test_lesion_study_removes_each_block_once():
     with torch.no_grad():
         expected = [(probes.lesion(model, i)(x).argmax(1) == y).float().mean().item() for i in range(9)]
     assert study["accuracy"] == pytest.approx(expected)
+    # Image by image: the accuracies are the means of the per-image arrays.
+    assert study["baseline_correct"].shape == (20,) and study["correct"].shape == (9, 20)
+    assert study["correct"].mean(axis=1) == pytest.approx(expected)
+    assert study["baseline_correct"].mean() == pytest.approx(study["baseline"])
+
+
+def test_subset_accuracies_split_the_images_into_disjoint_equal_subsets():
+    correct = np.array([[True] * 6 + [False] * 6, [True] * 12])
+    accuracies = probes.subset_accuracies(correct, 3, seed=1)
+    assert accuracies.shape == (2, 3)
+    assert accuracies.mean(axis=1) == pytest.approx([0.5, 1.0])  # every image used once
+    assert np.all(accuracies[1] == 1.0)
+    assert np.allclose(accuracies, probes.subset_accuracies(correct, 3, seed=1))  # repeats
+    # Eleven images in three subsets: three each, the last two left out.
+    assert probes.subset_accuracies(np.ones(11, bool), 3).shape == (3,)
+    for subsets in (0, 13, 2.0, True):
+        with pytest.raises(ValueError, match="subsets"):
+            probes.subset_accuracies(correct, subsets)
+
+
+def test_local_minima_and_nonconvex_share_tell_a_bowl_from_a_bumpy_surface():
+    grid = np.linspace(-1, 1, 9)
+    x, y = np.meshgrid(grid, grid, indexing="ij")
+    bowl = x**2 + y**2
+    assert probes.local_minima(bowl) == [(4, 4)]
+    assert probes.nonconvex_share(bowl) == 0.0
+    assert probes.nonconvex_share(-bowl) == 1.0
+    bumpy = bowl + 0.3 * np.sin(9 * x) * np.cos(9 * y)
+    assert len(probes.local_minima(bumpy)) > 1
+    assert 0 < probes.nonconvex_share(bumpy) < 1
+    assert probes.local_minima(grid**2) == [(4,)]  # 1-D
+    assert probes.local_minima(np.zeros(5)) == []  # a flat line has no strict minimum
+    with pytest.raises(ValueError, match="at least 3"):
+        probes.nonconvex_share(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        probes.local_minima(np.zeros((3, 3, 3)))
 
 
 def test_filter_normalisation_matches_per_filter_norms():

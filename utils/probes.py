@@ -15,11 +15,13 @@ Four groups of tools, shared by the chapters and the tests:
 **Lesions** (Veit, Wilber and Belongie 2016).
     ``lesion`` returns a copy of a net with some blocks' residual branches removed, so that each
     such block computes only its shortcut (``BlockShortcut``); ``lesion_study`` removes one block
-    at a time and measures the accuracy.
+    at a time and measures the accuracy, image by image; ``subset_accuracies`` splits those
+    into disjoint test subsets, to show how much one accuracy varies between subsets.
 **Loss landscapes** (Li, Xu, Taylor, Studer and Goldstein 2018).
     ``filter_normalized_direction`` draws a random direction in weight space with every filter
     scaled to the norm of the trained filter; ``loss_surface`` evaluates the loss on a 1-D or
-    2-D grid along such directions; ``plot_loss_contours`` draws a 2-D grid.
+    2-D grid along such directions; ``local_minima`` and ``nonconvex_share`` say how smooth it
+    is; ``plot_loss_contours`` draws a 2-D grid.
 """
 
 from __future__ import annotations
@@ -47,9 +49,12 @@ __all__ = [
     "BlockShortcut",
     "lesion",
     "lesion_study",
+    "subset_accuracies",
     "normalize_filters_",
     "filter_normalized_direction",
     "loss_surface",
+    "local_minima",
+    "nonconvex_share",
     "plot_loss_contours",
 ]
 
@@ -286,18 +291,46 @@ def lesion_study(model: nn.Module, loader: Iterable, device: torch.device | str 
     """Test accuracy of ``model`` with each block removed in turn ([Veit et al. 2016], Fig. 3).
 
     Returns ``{"baseline": accuracy, "blocks": names, "accuracy": one per block,
-    "downsampling": whether each block changes the shape}``.
+    "downsampling": whether each block changes the shape, "baseline_correct": whether each
+    image is classified correctly (a bool array), "correct": the same per block, shape
+    (blocks, images)}``. The per-image arrays let ``subset_accuracies`` show how much an
+    accuracy moves from one test subset to another.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     blocks = residual_blocks(model)
-    _, baseline = train.evaluate(model, loader, device)
-    accuracy = [train.evaluate(lesion(model, name).to(device), loader, device)[1] for name, _ in blocks]
+
+    def correct(net: nn.Module) -> np.ndarray:
+        predicted, labels = train.predict(net.to(device), loader, device)
+        return (predicted == labels).numpy()
+
+    baseline = correct(model)
+    lesioned = np.array([correct(lesion(model, name)) for name, _ in blocks], dtype=bool)
+    lesioned = lesioned.reshape(len(blocks), len(baseline))
     return {
-        "baseline": baseline,
+        "baseline": float(baseline.mean()),
         "blocks": [name for name, _ in blocks],
-        "accuracy": accuracy,
+        "accuracy": [float(row.mean()) for row in lesioned],
         "downsampling": [_changes_shape(b) for _, b in blocks],
+        "baseline_correct": baseline,
+        "correct": lesioned,
     }
+
+
+def subset_accuracies(correct: np.ndarray, subsets: int, seed: int = 0) -> np.ndarray:
+    """Accuracy on each of ``subsets`` disjoint random test subsets of equal size.
+
+    ``correct`` is a bool array whose last axis runs over the images (``lesion_study``'s
+    ``"correct"`` or ``"baseline_correct"``); the result replaces that axis by one accuracy
+    per subset. The same seed gives every row the same subsets, so differences between rows
+    are paired. Images beyond a multiple of ``subsets`` are left out.
+    """
+    correct = np.asarray(correct, dtype=float)
+    images = correct.shape[-1]
+    if isinstance(subsets, bool) or not isinstance(subsets, int) or not 1 <= subsets <= images:
+        raise ValueError(f"subsets={subsets!r} must be an integer from 1 to the {images} images")
+    size = images // subsets
+    order = np.random.default_rng(seed).permutation(images)[: size * subsets]
+    return correct[..., order].reshape(*correct.shape[:-1], subsets, size).mean(axis=-1)
 
 
 # ============================================================================ loss landscapes
@@ -369,6 +402,44 @@ def loss_surface(
                 p.add_(direction[name], alpha=float(coordinates[k][index[k]]))
         grid[index] = train.evaluate(probe, batches, device)[0]
     return grid
+
+
+def local_minima(surface: np.ndarray) -> list[tuple[int, ...]]:
+    """The grid points of a 1-D or 2-D loss surface lower than all their neighbours (8 in 2-D).
+
+    A smooth basin has one, at its bottom; a chaotic surface has many (Li et al. 2018, Fig. 5).
+    Points on the border count too, compared with the neighbours they have.
+    """
+    surface = np.asarray(surface, dtype=float)
+    if surface.ndim not in (1, 2) or min(surface.shape) < 2:
+        raise ValueError(f"expected a 1-D or 2-D grid of at least 2 points an axis, got {surface.shape}")
+    padded = np.pad(surface, 1, constant_values=np.inf)
+    minima = []
+    for index in np.ndindex(*surface.shape):
+        window = padded[tuple(slice(i, i + 3) for i in index)]
+        centre = window[(1,) * surface.ndim]
+        if (window > centre).sum() == window.size - 1:
+            minima.append(tuple(int(i) for i in index))
+    return minima
+
+
+def nonconvex_share(surface: np.ndarray) -> float:
+    """The share of interior grid points where the surface curves downwards along some axis.
+
+    The discrete second difference ``f(x - h) - 2 f(x) + f(x + h)`` is taken along every axis;
+    a point counts when any of them is negative. A convex bowl has none; a smooth basin that
+    flattens out far from its bottom has some there; a chaotic surface has many.
+    """
+    surface = np.asarray(surface, dtype=float)
+    if min(surface.shape) < 3:
+        raise ValueError(f"expected at least 3 points an axis, got {surface.shape}")
+    inner = tuple(slice(1, -1) for _ in range(surface.ndim))
+    concave = np.zeros(surface[inner].shape, dtype=bool)
+    for axis in range(surface.ndim):
+        second = np.diff(surface, n=2, axis=axis)
+        others = tuple(slice(None) if a == axis else slice(1, -1) for a in range(surface.ndim))
+        concave |= second[others] < 0
+    return float(concave.mean())
 
 
 def plot_loss_contours(

@@ -33,7 +33,6 @@ __all__ = [
     "MNIST_FULL",
     "DEGRADATION_QUICK",
     "MINIATURE",
-    "LESION_QUICK",
     "ANALYSIS_CIFAR10",
     "REPRODUCTION_SMOKE",
     "ADAM_VS_SGD_SGD",
@@ -254,10 +253,6 @@ DEGRADATION_QUICK = PAPER_CIFAR10.replace(
 # the run, as 32k and 48k are of 64k.
 MINIATURE = Recipe.from_iterations(
     70, steps_per_epoch=10, milestones=(35, 52), batch_size=32, lr=0.1 * 32 / 128, weight_decay=1e-4
-)
-# Chapter 7's quick nets: the same miniature for 100 iterations.
-LESION_QUICK = Recipe.from_iterations(
-    100, steps_per_epoch=10, milestones=(50, 75), batch_size=32, lr=0.1 * 32 / 128, weight_decay=1e-4
 )
 
 # Chapter 7's committed nets (scripts/train_analysis_nets.py, results/weights/): ResNet-20 and
