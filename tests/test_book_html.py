@@ -315,7 +315,10 @@ INSPECT_PAGE_JS = r"""
     if (el.closest(".toggle-hidden, details:not([open]), .dropdown:not(.toggle-shown)")) continue;
     const box = el.getBoundingClientRect();
     if (box.width === 0) continue;  // folded (a hidden cell or dropdown)
-    const scrolls = el.scrollWidth > el.clientWidth + 2 && el.clientWidth > 0;
+    // A display equation's container is as wide as the column; its content is what must fit.
+    const scrolls = el.tagName === "MJX-CONTAINER"
+      ? el.scrollWidth > column.width + 2
+      : el.scrollWidth > el.clientWidth + 2 && el.clientWidth > 0;
     const spills = box.right > column.right + 2;
     if (scrolls || spills) {
       const text = (el.textContent || el.getAttribute("src") || el.tagName).trim().replace(/\s+/g, " ");
