@@ -31,7 +31,6 @@ arguments. ``utils.weights.load_committed(name)`` loads the result and checks it
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch
 
-from utils import config, data, recipes, reproduction, results, train
+from utils import config, data, recipes, reproduction, results, runs, train
 from utils import weights as weights_module
 from utils.files import atomic_write, repo_root, write_json
 
@@ -49,28 +48,6 @@ NETS = ("resnet20", "plain20")
 TRAIN_EVAL_PER_CLASS = 200
 SLICE_PER_CLASS = 100  # the test images a class the test suite re-measures accuracy on
 DATA_NAME = "CIFAR-10 (local JPEG re-encoded copy)"
-
-
-class FirstBatches:
-    """The first ``count`` batches of every epoch of ``loader``: a fraction of an epoch.
-
-    The loader shuffles the whole training set every epoch, so these are ``count`` random
-    batches drawn from all of it; ``fit`` spreads the recipe's schedule over them.
-    """
-
-    def __init__(self, loader: data.BatchLoader, count: int):
-        if not 1 <= count <= len(loader):
-            raise ValueError(f"count={count} must be from 1 to the {len(loader)} batches an epoch")
-        self.loader, self.count = loader, count
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self):
-        return itertools.islice(iter(self.loader), self.count)
 
 
 def accuracy_slice(test: data.ImageSet) -> data.ImageSet:
@@ -133,7 +110,10 @@ def train_net(net: str, args: argparse.Namespace, recipe: recipes.Recipe) -> dic
         seed=args.seed,
     )
     if args.iterations is not None:
-        train_loader = FirstBatches(train_loader, args.iterations)
+        if not 1 <= args.iterations <= len(train_loader):
+            raise ValueError(f"--iterations {args.iterations}: expected 1 to the {len(train_loader)} batches an epoch")
+        # The loader reshuffles every epoch, so its first batches are random ones from all of it.
+        train_loader = runs.Capped(train_loader, args.iterations)
     iterations = len(train_loader)
     checkpoint = args.checkpoint_dir / f"{net}-{recipe.epochs}x{iterations}it-seed{args.seed}.pt"
     started = time.perf_counter()
