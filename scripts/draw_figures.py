@@ -10,7 +10,8 @@ drawing tool, no matplotlib and no embedded fonts are needed, and the output is 
 every run. Chapters display the files with ``utils.figures.show(name)``.
 
 The facts in the diagrams come from the course's code, not from a second copy of them: the layer
-order of every block from a forward pass with hooks (``utils.probes.trace_calls``), kernel sizes,
+order of every block from a forward pass (``layer_sequence``: module hooks, and a
+``TorchFunctionMode`` for the ReLUs a ``forward`` applies as functions), kernel sizes,
 channels, strides and shortcut types from the modules of ``utils.models``, and every tensor shape
 from one forward pass on the meta device. If the models change, the next ``--check`` fails.
 
@@ -31,6 +32,7 @@ from xml.sax.saxutils import escape
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from utils import models, probes
 from utils.files import atomic_write
@@ -365,16 +367,93 @@ def conv_label(conv: nn.Conv2d, *, with_stride: bool = False) -> str:
     return label
 
 
-def layer_sequence(block: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The block's layers in the order its ``forward`` calls them (hooks on a meta-device pass).
+# Torch functions a block's ``forward`` may call itself, outside its child modules. A
+# ReLU there (``F.relu(self.bn1(x))`` in the pre-activation blocks) is drawn like the
+# ``nn.ReLU`` module; ``unit_nodes`` places the addition; anything else has no drawing
+# and stops the diagram.
+FUNCTIONAL_RELU = frozenset({"relu", "relu_"})
+FUNCTIONAL_ADDITION = frozenset({"add", "add_", "__add__", "__iadd__", "__radd__"})
 
-    A module called twice (the shared ReLU) appears twice; the projection shortcut is left out.
+
+class _BlockLevelCalls(TorchFunctionMode):
+    """Records the torch functions a block's ``forward`` calls, outside its children.
+
+    ``depth`` counts how deep the pass is: 1 inside the block's ``forward``, 2 or more
+    inside one of its child modules (whose own calls, such as an ``nn.ReLU``'s
+    ``F.relu``, belong to that module).
+    """
+
+    def __init__(self, on_call: Callable[[str], None]):
+        super().__init__()
+        self.depth = 0
+        self.on_call = on_call
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.depth == 1:
+            self.on_call(getattr(func, "__name__", repr(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def layer_sequence(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The block's layers in the order its ``forward`` computes them (a meta pass).
+
+    Module calls come from forward hooks on the block's children. A ReLU that the block
+    applies as a function (``F.relu``, not a module) is recorded by a
+    ``TorchFunctionMode`` and appears as ``("F.relu", nn.ReLU())``. A module called
+    twice (the shared ReLU) appears twice; the shortcut (``downsample``) is left out. A
+    block-level call of any function other than a ReLU or the addition raises: the
+    diagram could not show it.
     """
     channels = block.conv1.in_channels
     x = torch.empty(2, channels, 8, 8, device="meta")
-    children = [(name, m) for name, m in block.named_children() if name != "downsample"]
-    modules = dict(children)
-    return [(call.name, modules[call.name]) for call in probes.trace_calls(block, x, children)]
+    sequence: list[tuple[str, nn.Module]] = []
+    unknown: list[str] = []
+
+    def on_call(name: str) -> None:
+        if name in FUNCTIONAL_RELU:
+            sequence.append((f"F.{name}", nn.ReLU()))
+        elif name not in FUNCTIONAL_ADDITION:
+            unknown.append(name)
+
+    mode = _BlockLevelCalls(on_call)
+
+    def enter(*_args) -> None:
+        mode.depth += 1
+
+    def leave_child(name: str, module: nn.Module):
+        def hook(*_args) -> None:
+            mode.depth -= 1
+            if name != "downsample" and mode.depth == 1:
+                sequence.append((name, module))
+
+        return hook
+
+    def leave_block(*_args) -> None:
+        mode.depth -= 1
+
+    handles = [
+        block.register_forward_pre_hook(enter),
+        block.register_forward_hook(leave_block),
+    ]
+    for name, child in block.named_children():
+        handles.append(child.register_forward_pre_hook(enter))
+        handles.append(child.register_forward_hook(leave_child(name, child)))
+    training = [(m, m.training) for m in block.modules()]
+    try:
+        block.eval()
+        with torch.no_grad(), mode:
+            block(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, was_training in training:
+            module.training = was_training
+    if unknown:
+        raise ValueError(
+            f"{type(block).__name__}.forward calls {', '.join(sorted(set(unknown)))}"
+            " itself, outside its layers: the diagram has no drawing for it"
+        )
+    return sequence
 
 
 def unit_nodes(block: nn.Module, *, separate_norm: bool) -> list[Node]:
@@ -518,15 +597,26 @@ def basic_vs_bottleneck() -> Drawing:
     return d
 
 
+def _unit_words(nodes: Sequence[Node]) -> str:
+    """``conv, BN, ReLU, ..., addition``: a unit's nodes in words, for a description."""
+    words = {"weight": "conv", "bn": "BN", "relu": "ReLU"}
+    return ", ".join("addition" if n.kind == "add" else words[n.style] for n in nodes)
+
+
 def preactivation() -> Drawing:
     """"Identity Mappings" ([v2]) Fig. 1 / 4(a) vs 4(e): the original unit and full pre-activation."""
     v1 = meta(lambda: models.BasicBlock(16, 16))
     v2 = meta(lambda: models.PreActBasicBlock(16, 16))
+    v1_words = _unit_words(unit_nodes(v1, separate_norm=True))
+    v2_words = _unit_words(unit_nodes(v2, separate_norm=True))
+    # [v2], Fig. 4(a) and 4(e): if the code computes otherwise, the captions are wrong.
+    assert v1_words == "conv, BN, ReLU, conv, BN, addition, ReLU", v1_words
+    assert v2_words == "BN, ReLU, conv, BN, ReLU, conv, addition", v2_words
     d = Drawing(
         "Post-activation (v1) and pre-activation (v2) residual units",
-        "Left, the original unit: conv, BN, ReLU, conv, BN, addition, ReLU; the ReLU after the addition sits on "
-        "the shortcut path. Right, full pre-activation: BN, ReLU, conv, BN, ReLU, conv, addition; nothing "
-        "follows the addition, so the shortcut path is clean.",
+        f"Left, the original unit: {v1_words}; the ReLU after the addition sits on the"
+        f" shortcut path. Right, full pre-activation: {v2_words}; nothing follows the"
+        " addition, so the shortcut path is clean.",
     )
     box_width = 150
     columns = [

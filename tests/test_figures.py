@@ -7,9 +7,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from scripts import draw_figures
-from utils import figures
+from utils import figures, models
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES_DIR = ROOT / figures.FIGURES_DIR
@@ -147,3 +149,75 @@ def test_drawing_refuses_tiny_fonts_clipped_text_and_overfull_boxes():
     drawing.text(draw_figures.WIDTH - 10, 50, "sticks out on the right", anchor="start")
     with pytest.raises(ValueError, match="would be clipped"):
         drawing.svg()
+
+
+@pytest.mark.parametrize(
+    ("factory", "expected"),
+    [
+        (
+            lambda: models.BasicBlock(16, 16),
+            ["conv1", "bn1", "relu", "conv2", "bn2", "relu"],
+        ),
+        (
+            lambda: models.PreActBasicBlock(16, 16),
+            ["bn1", "F.relu", "conv1", "bn2", "relu", "conv2"],
+        ),
+        (
+            lambda: models.PreActBottleneck(64, 16),
+            ["bn1", "F.relu", "conv1", "bn2", "relu", "conv2", "bn3", "relu", "conv3"],
+        ),
+    ],
+    ids=["BasicBlock", "PreActBasicBlock", "PreActBottleneck"],
+)
+def test_layer_sequence_has_every_relu_the_forward_applies(factory, expected):
+    # The pre-activation blocks apply their first ReLU as a function,
+    # F.relu(self.bn1(x)): module hooks alone miss it (the v2 unit was once drawn
+    # BN, conv, BN, ReLU, conv).
+    block = draw_figures.meta(factory)
+    assert [name for name, _ in draw_figures.layer_sequence(block)] == expected
+
+
+def test_layer_sequence_follows_the_computation_of_a_functional_relu():
+    class Block(nn.Module):  # the ReLU applied as a function, between two modules
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn1(torch.relu(self.conv1(x))) + x
+
+    block = draw_figures.meta(Block)
+    names = [name for name, _ in draw_figures.layer_sequence(block)]
+    assert names == ["conv1", "F.relu", "bn1"]
+
+
+def test_layer_sequence_refuses_a_function_it_cannot_draw():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return torch.sigmoid(self.conv1(x)) + x
+
+    with pytest.raises(ValueError, match="sigmoid"):
+        draw_figures.layer_sequence(draw_figures.meta(Block))
+
+
+def _column_labels(svg: str, x: str) -> list[str]:
+    """A diagram column's box labels, top to bottom (text centred at ``x``)."""
+    root = ET.fromstring(svg)
+    return [
+        text.text
+        for text in root.iter(f"{SVG}text")
+        if text.get("x") == x and text.get("text-anchor") == "middle" and not list(text)
+    ]
+
+
+def test_preactivation_diagram_draws_what_the_blocks_compute():
+    svg = (FIGURES_DIR / "preactivation.svg").read_text(encoding="utf-8")
+    v1, v2 = _column_labels(svg, "170"), _column_labels(svg, "500")
+    assert v1[1:] == ["3×3 conv, 16", "BN", "ReLU", "3×3 conv, 16", "BN", "ReLU"], v1
+    assert v2[1:] == ["BN", "ReLU", "3×3 conv, 16", "BN", "ReLU", "3×3 conv, 16"], v2
+    description = ET.fromstring(svg).find(f"{SVG}desc").text
+    assert "pre-activation: BN, ReLU, conv, BN, ReLU, conv, addition;" in description
