@@ -170,23 +170,27 @@ def measure(args: argparse.Namespace, argv: list[str]) -> dict:
         model = build_model(depth) if isinstance(depth, int) else build_extra(depth)
         name = f"resnet{depth}" if isinstance(depth, int) else depth
         depth = depth if isinstance(depth, int) else None
+        # Seed post 003's other networks at their own design size (Inception-v3: 299 for 224).
+        size = args.image_size if depth else cost.seed_post_003_image_size(name, args.image_size)
         report["models"][name] = {
             "depth": depth,
             "params": models.count_parameters(model),
-            "macs_per_image": cost.count_macs(model, (1, 3, args.image_size, args.image_size)),
+            "image_size": size,
+            "macs_per_image": cost.count_macs(model, (1, 3, size, size)),
         }
         model.to(device=device, memory_format=torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format)
         for precision in args.precisions:
             wrapped = InferenceWrapper(model, precision, args.memory_format)
             for batch_size in args.batch_sizes:
                 latency = cost.forward_latency(
-                    wrapped, batch_size, args.image_size, device=device, repeats=args.repeats, warmup=args.warmup
+                    wrapped, batch_size, size, device=device, repeats=args.repeats, warmup=args.warmup
                 )
                 row = {
                     "model": name,
                     "depth": depth,
                     "batch_size": batch_size,
                     "precision": precision,
+                    "image_size": size,
                     "mean_ms": 1e3 * latency.mean,
                     "std_ms": 1e3 * latency.std,
                     # The fastest pass: other processes can only slow a pass down, so on a shared
@@ -215,6 +219,7 @@ def measure(args: argparse.Namespace, argv: list[str]) -> dict:
 def seed_post_003_ratios(measurements: list[dict]) -> dict:
     """How much slower ResNet-v2-152 ran than VGG-16 and Inception-v3, per batch size and precision."""
     mean = {(m["model"], m["batch_size"], m["precision"]): m["mean_ms"] for m in measurements}
+    sizes = {m["model"]: m.get("image_size") for m in measurements}
     ratios, lines = {}, []
     for (model, batch, precision), ms in sorted(mean.items()):
         if model != "resnet_v2_152":
@@ -223,7 +228,8 @@ def seed_post_003_ratios(measurements: list[dict]) -> dict:
             if (other, batch, precision) in mean:
                 ratio = ms / mean[(other, batch, precision)]
                 ratios[f"{other}/batch{batch}/{precision}"] = ratio
-                lines.append(f"ResNet-v2-152 vs {other}, batch {batch}, {precision}: {ratio:.2f}x the time")
+                at = f" ({sizes[other]}x{sizes[other]})" if sizes.get(other) else ""
+                lines.append(f"ResNet-v2-152 vs {other}{at}, batch {batch}, {precision}: {ratio:.2f}x the time")
     return {"ratios": ratios, "lines": lines}
 
 

@@ -313,3 +313,12 @@ def test_seed_post_003_models_are_the_posts_and_torchvisions():
     assert built["inception_v3"].AuxLogits is None, "inference does not run the auxiliary head"
     with pytest.raises(ValueError, match="unknown model"):
         cost.seed_post_003_model("vgg19")
+
+
+def test_seed_post_003_networks_are_timed_at_their_design_size():
+    # Inception-v3 was designed for 299x299: at 224 it does half the work it does in use.
+    assert cost.SEED_POST_003_IMAGE_SIZES["inception_v3"] == 299
+    assert [cost.seed_post_003_image_size(n) for n in cost.SEED_POST_003_MODELS] == [224, 224, 299]
+    assert cost.seed_post_003_image_size("inception_v3", 96) == 128
+    with pytest.raises(ValueError, match="resnet_v2_152"):
+        cost.seed_post_003_image_size("alexnet")
