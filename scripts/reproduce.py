@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reproduce the CIFAR-10 experiment of He et al. (2015), Sec. 4.2: plain and residual nets, 20 to 110 layers.
+"""Reproduce the CIFAR-10 experiment of He et al., "Deep Residual Learning" (2015), Sec. 4.2: plain and residual nets, 20 to 110 layers.
 
     python scripts/reproduce.py --mode full                                     # 9 nets x seeds 0,1 (a GPU)
     python scripts/reproduce.py --mode full --nets resnet20,plain20 --seeds 0 --max-minutes 9

@@ -77,7 +77,7 @@ def test_whole_nets_match_a_count_from_hooked_shapes(factory):
 
 @pytest.mark.parametrize("depth", [18, 34])
 def test_basic_block_nets_match_the_paper_table(depth):
-    # He et al. 2015, Table 1 counts multiply-adds ("FLOPs") at 224x224; the basic-block nets have
+    # ResNet v1 (He et al., "Deep Residual Learning", 2015), Table 1 counts multiply-adds ("FLOPs") at 224x224; the basic-block nets have
     # no stride to move, so ours must agree up to the paper's rounding (it prints 3.66 as 3.6).
     with torch.device("meta"):
         model = getattr(models, f"resnet{depth}")()

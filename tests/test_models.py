@@ -11,7 +11,7 @@ from utils import models, probes
 
 DEPTHS = [18, 34, 50, 101, 152]
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
-# He et al. 2015, Sec. 4.2, option A shortcuts: 0.27M / 0.46M / 0.66M / 0.85M / 1.7M.
+# ResNet v1 (He et al., "Deep Residual Learning", 2015), Sec. 4.2, option A shortcuts: 0.27M / 0.46M / 0.66M / 0.85M / 1.7M.
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
 
 

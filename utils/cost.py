@@ -61,10 +61,11 @@ __all__ = [
     "seed_post_003_image_size",
 ]
 
-# He et al. 2015, Table 1, bottom row: "FLOPs" of the ImageNet ResNets for one 224x224 image, in
-# units of 10^9. These "FLOPs" are multiply-adds (ResNet-34's 3.6 x 10^9 is what count_macs gives
-# for it), as are the "GFLOPS" torchvision documents for its weights: compare them with
-# count_macs / 1e9, not with a FLOP counter's total (twice as large).
+# He et al., "Deep Residual Learning" (2015; ResNet v1, not their initialisation paper of
+# the same year), Table 1, bottom row: "FLOPs" of the ImageNet ResNets for one 224x224
+# image, in units of 10^9. These "FLOPs" are multiply-adds (ResNet-34's 3.6 x 10^9 is what
+# count_macs gives for it), as are the "GFLOPS" torchvision documents for its weights:
+# compare them with count_macs / 1e9, not with a FLOP counter's total (twice as large).
 PAPER_TABLE1_GFLOPS = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7.6, "resnet152": 11.3}
 
 
