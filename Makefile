@@ -1,5 +1,6 @@
 # Two commands do all setup on a fresh machine:
 #   make book   build the rendered book (executes every notebook) -> _build/html/index.html
+#               (the public edition: no solutions, no answer keys; `make instructor-book` has them)
 #   make test   run every test (unit tests, every notebook under nbval, the built book in a browser,
 #               then every notebook in full mode with every run capped: the dry run)
 # Both create or refresh the virtual environment in .venv first.
@@ -11,7 +12,7 @@ PY     := $(VENV)/bin/python
 RESNET_MODE ?= quick
 export RESNET_MODE
 
-.PHONY: format figures venv book test dry-run browser exercises grade benchmark time-to-accuracy latency results-summary reproduce runs gpu-evidence clean help
+.PHONY: format figures venv book instructor-book test dry-run browser sandbox exercises grade benchmark time-to-accuracy latency results-summary reproduce runs gpu-evidence clean help
 
 help:
 	@sed -n '1,7p' Makefile
@@ -27,8 +28,21 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# Built in a staging folder and published only when every page built without an error (build_book.py).
 book: venv
 	$(PY) scripts/build_book.py --mode $(RESNET_MODE)
+
+# Instructors: the edition with the solutions and the answer keys -> _build/instructor/html/index.html
+instructor-book: venv
+	$(PY) scripts/build_book.py --mode $(RESNET_MODE) --edition instructor
+
+# Bubblewrap, the grader's sandbox (scripts/sandbox.py: no network, read-only course), installed when missing.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
+	  echo "Installing bubblewrap for the grading sandbox..."; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq bubblewrap >/dev/null; }
+	@command -v bwrap >/dev/null 2>&1 || echo "No bubblewrap (bwrap): grading runs with resource limits only (README, Trust)."
 
 # Headless Chromium for the rendered-book test (Debian's package), installed when missing.
 browser:
@@ -37,11 +51,14 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: venv browser
-	$(MAKE) book RESNET_MODE=quick
+# The test build goes to its own folder: `make test` never replaces the book that `make book` built
+# (the execution cache, one per mode and data, is shared).
+TEST_HTML := _build/test/html
+test: venv browser sandbox
+	$(PY) scripts/build_book.py --mode quick --out $(TEST_HTML)
 	# Two workers, one notebook each; one thread per worker so they do not fight over 2 cores.
-	RESNET_MODE=quick OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-current-env \
-	  --nbval-cell-timeout 900 tests book
+	RESNET_MODE=quick RESNET_BOOK_HTML=$(CURDIR)/$(TEST_HTML) OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout 900 tests book
 	$(PY) scripts/dry_run.py --if-data
 
 # Every notebook in full mode on the CPU, every run capped at 2 epochs of 2 batches (scripts/dry_run.py).
@@ -54,7 +71,7 @@ exercises: venv
 
 # Instructors: grade a folder of submissions (see README), report in grades/.
 SUBMISSIONS ?=
-grade: venv
+grade: venv sandbox
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<folder of submitted notebooks>"; exit 2; }
 	RESNET_MODE=quick $(PY) scripts/grade.py --submissions "$(SUBMISSIONS)" --out grades
 

@@ -1,6 +1,7 @@
 """The rendered book, opened in a real browser with the network cut off.
 
-`make book` writes _build/html; this test serves it from localhost and opens its pages in headless
+`make book` writes _build/html (`make test` builds its own copy in _build/test/html and points
+RESNET_BOOK_HTML at it); this test serves it from localhost and opens its pages in headless
 Chromium (Debian's `chromium`; `make browser` installs it) while every other host is blocked twice
 over: by Chromium's host resolver (every name but localhost resolves to nothing) and by intercepting
 each request and failing any that is not for the local server. On every page of the table of contents:
@@ -30,6 +31,7 @@ import re
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,7 +44,8 @@ import yaml
 from scripts import build_book
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML_DIR = ROOT / "_build" / "html"
+# The built book under test: RESNET_BOOK_HTML (what `make test` sets: its own build), else `make book`'s.
+HTML_DIR = Path(os.environ.get("RESNET_BOOK_HTML") or build_book.HTML_DIR).resolve()
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 PAGE_TIMEOUT_S = 90  # generous: the machine may be busy executing notebooks beside this test
 
@@ -615,3 +618,186 @@ def test_a_second_build_keeps_the_execution_cache_until_the_code_changes(scratch
     build_book.prepare_cache("quick", force=False)
     assert not (cache_dir / "executed-notebook").exists() and "Emptying the quick execution cache" in capsys.readouterr().out
     assert not list(cache_dir.parent.glob(".*.tmp")), "the stamp is written atomically"
+
+
+# ----------------------------------------------------------------------------- the two editions
+
+
+def _toy_book(tmp_path: Path) -> tuple[Path, Path]:
+    """A one-chapter book: the grader's toy chapter with an answer key added (its source folder, notebook)."""
+    import nbformat
+
+    from scripts import notebook_tags
+
+    source = tmp_path / "src"
+    (source / "book").mkdir(parents=True)
+    nb = notebook_tags.read_notebook(ROOT / "tests" / "fixtures" / "grading" / "book" / "01_toy.ipynb")
+    key = nbformat.v4.new_markdown_cell(
+        ":::{admonition} Answer key (instructors)\n:class: dropdown\n"
+        "The identity is learned by driving the residual branch to zero, which plain layers cannot do easily.\n:::"
+    )
+    key.metadata["tags"] = [notebook_tags.ANSWER_KEY_TAG]
+    nb.cells.append(key)
+    chapter = source / "book" / "01_toy.ipynb"
+    nbformat.write(nb, str(chapter))
+    (source / "intro.md").write_text("# A toy book\n\nOne chapter.\n", encoding="utf-8")
+    (source / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: book/01_toy\n", encoding="utf-8")
+    return source, chapter
+
+
+def _build_toy(source: Path, edition: str) -> Path:
+    """The toy book built in one edition with the course's own edition settings; its HTML folder."""
+    real = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    config = {
+        "title": "toy", "only_build_toc_files": True, "execute": {"execute_notebooks": "off"},
+        "sphinx": {
+            "local_extensions": {name: str(ROOT) for name in real["sphinx"]["local_extensions"]},
+            "config": {"course_edition": edition},
+        },
+    }  # fmt: skip
+    (source / "_config.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    out = source.parent / f"out-{edition}"
+    result = subprocess.run(
+        [*build_book.jupyter_book_command(), "build", str(source), "--path-output", str(out), "-W", "-n", "--keep-going"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, f"the toy book ({edition}) did not build:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return out / "_build" / "html"
+
+
+def test_the_public_edition_leaves_out_solutions_and_answer_keys_and_the_instructor_edition_keeps_them(tmp_path):
+    import nbformat
+
+    from scripts import book_edition, notebook_tags
+
+    source, chapter = _toy_book(tmp_path)
+    nb = notebook_tags.read_notebook(chapter)
+    secrets = book_edition.secret_passages(nb)
+    assert {what for what, _ in secrets} == {"solution", "answer key"}, secrets
+    pages = {edition: (_build_toy(source, edition) / "book" / "01_toy.html").read_text(encoding="utf-8")
+             for edition in ("instructor", "public")}  # fmt: skip
+    # The instructor edition shows every secret passage: the check below can fail.
+    assert sorted(book_edition.leaks(nb, pages["instructor"])) == sorted(secrets)
+    assert book_edition.leaks(nb, pages["public"]) == [], "the public page shows a solution or an answer key"
+    text = book_edition.page_text(pages["public"])
+    assert "relu must come after the addition" in text, "the check cells stay in the public edition"
+    assert "Exercise 1.1" in text and "Why does the shortcut make the identity easy" in text, "so do the tasks"
+    for edition, page in pages.items():
+        assert f'<meta name="course-edition" content="{edition}">' in page
+    # The public page's downloadable notebook is the student copy; the instructor's is the chapter.
+    public_source = next((tmp_path / "out-public" / "_build" / "html" / "_sources" / "book").glob("01_toy.ipynb*"))
+    copy = nbformat.read(str(public_source), as_version=4)
+    assert copy.metadata[notebook_tags.METADATA_KEY]["copy"] == "exercises"
+    assert book_edition.leaks(nb, json.dumps(copy)) == []
+    instructor_source = next((tmp_path / "out-instructor" / "_build" / "html" / "_sources" / "book").glob("01_toy.ipynb*"))
+    assert notebook_tags.METADATA_KEY not in nbformat.read(str(instructor_source), as_version=4).metadata
+
+
+def test_an_unknown_edition_or_a_code_answer_key_is_refused():
+    import nbformat
+
+    from scripts import book_edition
+
+    with pytest.raises(book_edition.EditionError, match=r"course_edition is 'teacher'; expected one of 'public', 'instructor'"):
+        book_edition.check_edition("teacher")
+    cell = nbformat.v4.new_code_cell("answer = 42")
+    cell.metadata["tags"] = ["answer-key"]
+    with pytest.raises(book_edition.EditionError, match="must be a markdown cell"):
+        book_edition.public_notebook(nbformat.v4.new_notebook(cells=[cell]))
+
+
+def test_the_built_book_is_the_public_edition_without_solutions_or_answer_keys():
+    """The book under test (make test's build, or make book's) shows no solution body and no answer key."""
+    require_built_book()
+    from scripts import book_edition, notebook_tags
+
+    info = json.loads((HTML_DIR / build_book.BUILD_INFO).read_text(encoding="utf-8"))
+    assert info["edition"] == "public", info
+    checked = 0
+    for path in build_book.toc_notebooks():
+        nb = notebook_tags.read_notebook(path)
+        if not book_edition.secret_passages(nb):
+            continue
+        page = HTML_DIR / path.relative_to(ROOT).with_suffix(".html")
+        assert not book_edition.leaks(nb, page.read_text(encoding="utf-8")), f"{page.name} shows solutions or answer keys"
+        checked += 1
+    assert checked >= 5, f"only {checked} chapters have solutions or answer keys: the test would prove little"
+
+
+def test_a_fallback_page_is_marked_as_such_in_the_book_and_in_its_build_info(tmp_path):
+    """utils.data's fallback note makes a page a fallback page, in build-info.json, and the page says so."""
+    (tmp_path / "book").mkdir()
+    note = ("<div class=\"output stream\"><pre>NOTE: CIFAR-10 is not available here (no copy); quick mode is using an "
+            "embedded FALLBACK instead: scikit-learn&#39;s 8x8 handwritten digits resized to 32x32.</pre></div>")  # fmt: skip
+    (tmp_path / "book" / "04_training.html").write_text(f"<html><body>{note}</body></html>", encoding="utf-8")
+    (tmp_path / "book" / "03_resnet18.html").write_text("<html><body>CIFAR-10 numbers</body></html>", encoding="utf-8")
+    assert build_book.fallback_pages(tmp_path) == {"book/04_training.html": ["CIFAR-10"]}
+
+
+def test_switching_the_data_back_and_forth_keeps_one_cache_per_data(scratch_repo):
+    """A build without data never reuses (nor empties) the pages executed on CIFAR-10, and back."""
+    repo, data_dir = scratch_repo
+    without = build_book.prepare_cache("quick", force=False)
+    (without / "page").write_text("executed on the fallback")
+    (data_dir / "cifar10.tgz").write_bytes(b"an archive")
+    with_data = build_book.prepare_cache("quick", force=False)
+    assert with_data != without and with_data.name.startswith("cifar10-") and without.name.startswith("no-local-data-")
+    (with_data / "page").write_text("executed on CIFAR-10")
+    (data_dir / "cifar10.tgz").unlink()
+    assert build_book.prepare_cache("quick", force=False) == without
+    assert (without / "page").read_text() == "executed on the fallback"
+    assert (with_data / "page").read_text() == "executed on CIFAR-10", "the CIFAR-10 cache is kept for the next build"
+    with pytest.raises(ValueError, match="mode 'fast': expected one of quick, full"):
+        build_book.prepare_cache("fast", force=False)
+
+
+FAKE_JUPYTER_BOOK = """
+import sys
+from pathlib import Path
+out = Path(sys.argv[sys.argv.index("--path-output") + 1]) / "_build" / "html"
+(out / "_static" / "mathjax").mkdir(parents=True)
+(out / "_static" / "mathjax" / "tex-chtml.js").write_text("mathjax")
+(out / "index.html").write_text("<html>the new book</html>")
+if "{page}":
+    (out / "broken.html").write_text('<div class="output traceback highlight-ipythontb">{page}</div>')
+sys.exit({status})
+"""
+
+
+@pytest.mark.parametrize(
+    "status, page, published",
+    [(0, "", True), (1, "", False), (0, "ValueError: a cell failed", False)],
+    ids=["success", "build-failed", "traceback-on-a-page"],
+)
+def test_the_book_is_published_only_when_the_build_succeeded_and_no_page_shows_a_traceback(
+    scratch_repo, monkeypatch, tmp_path, status, page, published
+):
+    repo, _ = scratch_repo
+    build = repo / "_build"
+    for name, value in {"BUILD_DIR": build, "GENERATED_DIR": build / ".generated", "STAGING_DIR": build / ".staging",
+                        "HTML_DIR": build / "html"}.items():  # fmt: skip
+        monkeypatch.setattr(build_book, name, value)
+    monkeypatch.setattr(build_book, "DEFAULT_OUT", {"public": build / "html", "instructor": build / "instructor" / "html"})
+    monkeypatch.setattr(build_book, "load_config", lambda: {})
+    monkeypatch.setattr(build_book, "toc_notebooks", lambda: [])
+    fake = tmp_path / "fake_jupyter_book.py"
+    fake.write_text(FAKE_JUPYTER_BOOK.format(status=status, page=page))
+    monkeypatch.setattr(build_book, "jupyter_book_command", lambda: [sys.executable, str(fake)])
+    published_book = build / "test" / "html"
+    published_book.mkdir(parents=True)
+    (published_book / "index.html").write_text("<html>the last good book</html>")
+    code = build_book.main(["--mode", "quick", "--jobs", "1", "--out", str(published_book)])
+    index = (published_book / "index.html").read_text()
+    assert (code == 0) == published
+    assert index == ("<html>the new book</html>" if published else "<html>the last good book</html>")
+    assert not (build / "html").exists(), "a build with --out never writes the book that `make book` publishes"
+    if published:
+        info = json.loads((published_book / build_book.BUILD_INFO).read_text())
+        assert info["mode"] == "quick" and info["edition"] == "public" and info["data"] == {"cifar10": False, "mnist": False}
+        assert info["fallback_pages"] == {}
+
+
+@pytest.mark.parametrize("out", ["_build", "_build/.jupyter_cache/x", "elsewhere/html"])
+def test_the_book_is_never_published_over_the_build_folder_itself(out):
+    with pytest.raises(SystemExit):
+        build_book.main(["--out", str(ROOT / out)])
