@@ -196,11 +196,31 @@ def _python(source: str) -> str:
     return TransformerManager().transform_cell(source)
 
 
+# Python's own line breaks (a form feed or U+2028 inside a line is no break for it, as it is for str.splitlines).
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def source_lines(source: str) -> list[str]:
+    """A cell's lines as Python numbers them."""
+    return _LINE_BREAK.split(source)
+
+
 def _parse(source: str) -> ast.Module | None:
+    """The cell's syntax tree, its line numbers those of ``source``.
+
+    Plain Python is parsed as it is. A cell with IPython syntax (magics, shell escapes) is parsed as
+    IPython transforms it, which drops leading blank lines: its line numbers are shifted back."""
     try:
-        return ast.parse(_python(source))
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        pass
+    try:
+        tree = ast.parse(_python(source))
     except (SyntaxError, ValueError):
         return None
+    lines = source_lines(source)
+    blank = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    return ast.increment_lineno(tree, blank) if blank else tree
 
 
 def _dotted(node) -> str | None:
@@ -256,7 +276,7 @@ def protected_names(nb) -> set[str]:
 def suspicious_lines(source: str, protected: set[str]) -> list[tuple[int, str, str]]:
     """[(line number, what it does, e.g. "patches torch.allclose" or "uses get_ipython", line)] of an
     answer, in line order. The answer's own imports count as protected; its own classes do not."""
-    lines = source.splitlines()
+    lines = source_lines(source)
     found: dict[tuple[int, str], None] = {}
 
     def flag(line: int, what: str) -> None:

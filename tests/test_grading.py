@@ -560,6 +560,23 @@ def test_answers_that_patch_modules_classes_or_the_kernel_are_flagged_with_their
     assert all(text == lines[line - 1].strip() for line, _, text in findings)
 
 
+@pytest.mark.parametrize(
+    "answer, line",
+    [
+        ("\n\n# Define `f`.\n\ndef f(x):\n    return x\ntorch.allclose = len", 7),  # blank lines first
+        ("\n\n%time y = 1\ntorch.allclose = len", 4),  # and IPython syntax (parsed as IPython transforms it)
+        ("s = 'a\x0cb\u2028c'\ntorch.allclose = len", 2),  # a form feed and U+2028 inside a line: no line breaks
+        ("x = 1\r\ntorch.allclose = len", 2),
+    ],
+    ids=["blank-lines", "magic", "form-feed", "crlf"],
+)
+def test_the_flagged_line_is_the_offending_line(answer, line):
+    """The report showed an empty line ("line 17: ``") when an answer started with blank lines."""
+    findings = grade.suspicious_lines(answer, PROTECTED)
+    assert [(number, text) for number, _, text in findings] == [(line, "torch.allclose = len")]
+    assert grade.describe_suspicious(findings).startswith(f"answer patches torch.allclose (line {line}: `torch.allclose = len`)")
+
+
 @pytest.mark.parametrize("answer", ALLOWED)
 def test_ordinary_answers_are_not_flagged(answer):
     assert grade.suspicious_lines(answer, PROTECTED) == []
