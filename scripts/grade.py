@@ -31,6 +31,11 @@ so nbval's own timeout is only a far-off backstop; it stops a run whose cell ign
 or whose kernel is gone (its pid no longer exists). If an answer kills the kernel or ignores the
 interrupt, the notebook is graded again with that answer removed, so it costs only its own exercise.
 
+Every run is started in the sandbox of ``scripts/sandbox.py`` (bubblewrap where it works: no network,
+the file system read-only but for the run's folder, a private /tmp and HOME, its own PID namespace;
+everywhere: limits on memory, processes, CPU time and file size). The kernel reports its pid as it
+sees it in its namespace; the grader finds the host's pid of that process before it signals it.
+
 Answers that could fake a passing check are flagged in the report with their lines: those that reach
 into the kernel or the interpreter (``get_ipython``, ``builtins``, ``sys.modules``, exits, nbval
 markers) and those that patch what the checks rely on (an assignment to an attribute of an imported
@@ -54,6 +59,7 @@ import copy
 import csv
 import json
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -74,6 +80,7 @@ if __package__ in (None, ""):  # run as `python scripts/grade.py`: make the `scr
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import notebook_tags as tags  # noqa: E402
+from scripts import sandbox  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -600,6 +607,11 @@ class Options:
     out: Path
     work: Path
     env: dict
+    limits: sandbox.Limits = field(default_factory=sandbox.Limits)
+
+
+# The slot of the grading thread (0 .. --jobs - 1): a run started by root gets the user id of its slot.
+_SLOT = threading.local()
 
 
 def _safe(name: str) -> str:
@@ -668,6 +680,7 @@ class RunFiles:
 
     kernel_events: Path
     verdicts: Path
+    kernel_host_pid: int | None = None  # the kernel's pid outside the sandbox's PID namespace, once known
 
 
 # Runs in progress, so that an interrupted grader (Ctrl-C, SIGTERM) can stop them: each runs in a
@@ -679,7 +692,7 @@ _STOPPING = threading.Event()
 def stop_all_runs() -> None:
     _STOPPING.set()
     for process, files in list(_RUNNING.items()):
-        pid = _kernel_pid(_read_events(files.kernel_events))
+        pid = files.kernel_host_pid  # never the pid the kernel sees inside its namespace
         _stop(process, {pid} if pid else set())
 
 
@@ -721,9 +734,14 @@ def _run_once(plan: Plan, run_dir: Path, name: str, options: Options, log, junit
     token = secrets.token_hex(8)
     nbformat.write(marked_notebook(plan.nb, token), str(notebook))
     files = RunFiles(run_dir / "kernel-events.jsonl", run_dir / "nbval-verdicts.jsonl")
-    for path in (files.kernel_events, files.verdicts):
+    run_junit = run_dir / "junit.xml"  # the run writes only into its own folder; copied to --out after
+    for path in (files.kernel_events, files.verdicts, run_junit):
         path.unlink(missing_ok=True)
     (run_dir / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")  # ignore any outer config
+    # The run's own copy of the kernels' IPython profile: inside the sandbox only this folder is visible.
+    profile = run_dir / ".ipython"
+    shutil.rmtree(profile, ignore_errors=True)
+    shutil.copytree(options.env["IPYTHONDIR"], profile)
     junit = options.out / "junit" / f"{junit_name or name}.xml"
     backstop = options.cell_timeout + options.watchdog_grace + NBVAL_BACKSTOP
     command = [
@@ -732,12 +750,15 @@ def _run_once(plan: Plan, run_dir: Path, name: str, options: Options, log, junit
         "-p", "scripts.grade_plugin", "--grade-results", str(files.verdicts),
         "--nbval-kernel-startup-timeout=180",  # a busy machine can take a minute to start a kernel
         "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={backstop:g}",
-        f"--junitxml={junit}", "--color=no", "-q",
+        f"--junitxml={run_junit}", "--color=no", "-q",
     ]  # fmt: skip
     env = dict(options.env, **{EVENTS_VARIABLE: str(files.kernel_events), TOKEN_VARIABLE: token})
+    env["IPYTHONDIR"] = str(profile)
+    slot = getattr(_SLOT, "value", 0)
     process = subprocess.Popen(
-        command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+        sandbox.sandboxed(command, run_dir, options.limits, slot),
+        cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
     _RUNNING[process] = files
     try:
         watch = _watch(process, files, plan, options)
@@ -746,7 +767,10 @@ def _run_once(plan: Plan, run_dir: Path, name: str, options: Options, log, junit
     outcome = _outcome(_read_events(files.kernel_events), _read_events(files.verdicts), watch, len(plan.code_cells))
     # pytest exits with 0 or 1 when it ran every cell. Stopped by the grader it writes no report, or one
     # that lacks the cell that stopped it: the grader's own record says more.
-    if process.returncode not in (0, 1) or not junit.exists():
+    if process.returncode in (0, 1) and run_junit.is_file():
+        with atomic_write(junit, "wb") as stream:
+            stream.write(run_junit.read_bytes())
+    else:
         write_junit(junit, notebook.name, outcome)
     return outcome
 
@@ -777,6 +801,7 @@ class Watch:
 
     interrupted: dict[int, float] = field(default_factory=dict)  # cell -> the limit it ran past
     stuck: tuple[int, str] | None = None  # the cell the run was stopped in, and why
+    kernel_pid: int | None = None  # the kernel's pid on the host (outside the sandbox's PID namespace)
     gone_between_cells: bool = False  # the kernel disappeared while no cell was running
 
 
@@ -785,12 +810,19 @@ def _watch(process: subprocess.Popen, files: RunFiles, plan: Plan, options: Opti
     answer_limit = min(options.answer_timeout, options.cell_timeout)
     watch = Watch()
     gone_since = None
+    namespaced = sandbox.kind() == "bwrap"  # the kernel reports its pid inside its own PID namespace
     while process.poll() is None:
         time.sleep(0.5)
         events = _read_events(files.kernel_events)
-        pid = _kernel_pid(events)
-        if pid is None:
+        inner = _kernel_pid(events)
+        if inner is None:
             continue  # the kernel is still starting (nbval's startup timeout covers it)
+        if watch.kernel_pid is None:
+            watch.kernel_pid = sandbox.host_pid(process.pid, inner) if namespaced else inner
+            files.kernel_host_pid = watch.kernel_pid
+        pid = watch.kernel_pid
+        if pid is None:
+            continue  # not found yet among the sandbox's processes
         alive = _alive(pid)
         if not alive:
             events = _read_events(files.kernel_events)  # the cell may have finished just before the kernel went
@@ -849,7 +881,8 @@ def _outcome(kernel_events: list[dict], verdicts: list[dict], watch: Watch, cell
     results = {e["cell"]: e for e in kernel_events if e.get("event") == "result"}
     started = {e["cell"] for e in kernel_events if e.get("event") == "start"}
     pid = _kernel_pid(kernel_events)
-    kernel_gone = pid is not None and not _alive(pid)
+    # The host's pid of the kernel (the events hold the one it sees in its sandbox); unknown: it is gone.
+    kernel_gone = pid is not None and (watch.kernel_pid is None or not _alive(watch.kernel_pid))
 
     def failure(cell: int) -> tuple[str, str]:
         result = results.get(cell)
@@ -896,6 +929,12 @@ def runner_environment(work: Path, parallel: bool = False) -> dict:
     with the grader's startup file."""
     env = dict(os.environ)
     env["RESNET_MODE"] = "quick"  # grading always runs the chapters at quick scale
+    # The data folder by name: inside the sandbox HOME is a private, empty folder (the data is read-only
+    # there; utils.data reads a read-only copy without a lock). Nothing is written into the runs' code.
+    from utils import config  # here: the grader's own imports stay light
+
+    env[config.DATA_VARIABLE] = str(Path(env.get(config.DATA_VARIABLE) or config.DEFAULT_DATA_DIR).expanduser().resolve())
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # the course is read-only to the runs
     # `-p scripts.grade_plugin`: the repository on the path (the runs start in a temporary folder).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("PYTEST_ADDOPTS", None)
@@ -1087,6 +1126,15 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds past the cell timeout before a run that ignores the interrupt is stopped (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (default: 1)")
+    defaults = sandbox.Limits()
+    parser.add_argument(
+        "--memory-limit", type=float, default=defaults.memory_gb,
+        help="GB of address space per process of a graded run (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--process-limit", type=int, default=defaults.processes,
+        help="processes and threads of a graded run (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary folder of graded notebooks")
     args = parser.parse_args(argv)
 
@@ -1111,15 +1159,33 @@ def main(argv: list[str] | None = None) -> int:
     for stale in [*(args.out / "junit").glob("*.xml"), *(args.out / "logs").glob("*.log")]:
         stale.unlink()  # an earlier grading's reports would read as this one's
 
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: expected a whole number of notebooks graded at once, 1 or more")
+    try:
+        limits = sandbox.Limits(memory_gb=args.memory_limit, processes=args.process_limit)
+    except ValueError as error:
+        parser.error(str(error))
+    protection = sandbox.describe(limits)
+    print(f"sandbox: {protection}", flush=True)
+
     work = Path(tempfile.mkdtemp(prefix="grade-"))
     env = runner_environment(work, parallel=args.jobs > 1)
-    options = Options(args.cell_timeout, args.answer_timeout, args.watchdog_grace, args.out.resolve(), work, env)
+    options = Options(
+        args.cell_timeout, args.answer_timeout, args.watchdog_grace, args.out.resolve(), work, env, limits
+    )
+    slots = queue.Queue()
+    for slot in range(args.jobs):
+        slots.put(slot)
 
     tasks = [(s, chapters[c], found.get((s, c))) for s in students for c in selected]
 
     def run(task):
         student, chapter, submission = task
-        rows, notes, seconds = grade_submission(student, chapter, submission, options)
+        _SLOT.value = slots.get()
+        try:
+            rows, notes, seconds = grade_submission(student, chapter, submission, options)
+        finally:
+            slots.put(_SLOT.value)
         passed = sum(r.passed for r in rows)
         print(f"{student:>20} {chapter.name}: {passed}/{len(rows)} passed in {seconds:.1f} s", flush=True)
         return rows, notes
@@ -1153,7 +1219,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Graded by `scripts/grade.py` against `{args.reference}` (chapters: {', '.join(selected) or 'none'}), "
         f"quick mode, timeouts {args.cell_timeout:g} s per chapter cell and "
         f"{min(args.answer_timeout, args.cell_timeout):g} s per answer or check cell. An exercise passes when the "
-        "reference check cell passes with the student's answer cell in place of the solution."
+        "reference check cell passes with the student's answer cell in place of the solution. "
+        f"Sandbox: {protection}."
     )
     totals = write_reports(args.out, rows, problems, notes, header)
     for student, passed, total, percent in totals:

@@ -1005,3 +1005,101 @@ def test_real_chapter_stubs_and_wrong_answers_fail_their_checks(path, tmp_path):
     problems = probe_problems(notebook_tags.without_wrong_answers(nb), wrong_answers_of(nb), tmp_path, path.stem)
     log_tail = (tmp_path / f"{path.stem}.log").read_text(encoding="utf-8")[-3000:]
     assert not problems, "\n".join(problems) + "\n--- probe log (end) ---\n" + log_tail
+
+
+# ------------------------------------------------------------------------------------------------
+# the sandbox: answers that attack the machine fail their own exercise and harm nothing
+# ------------------------------------------------------------------------------------------------
+
+
+def test_the_sandbox_is_in_force_here():
+    """The attack test below proves the sandbox only where it runs: this machine must have it."""
+    from scripts import sandbox
+
+    assert sandbox.kind() == "bwrap", "bubblewrap does not work here: run `make sandbox` (Debian's bubblewrap)"
+    assert "no network" in sandbox.describe(sandbox.Limits())
+    with pytest.raises(ValueError, match=r"sandbox limit memory_gb=0: expected a positive number"):
+        sandbox.Limits(memory_gb=0)
+
+
+@pytest.fixture(scope="module")
+def attack_class(toy_copies, tmp_path_factory):
+    """Students whose answer to 1.2 attacks the machine: deletes a file outside its folder and writes
+    into the course, connects to a server on the grading machine, forks without end, allocates 50 GB."""
+    import socket
+    import threading
+
+    root = tmp_path_factory.mktemp("attack")
+    canary = root / "outside" / "canary.txt"
+    canary.parent.mkdir()
+    canary.write_text("still here")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    received, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                continue
+            received.append(connection.recv(100))
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    course_file = ROOT / "book" / "grading-attack.txt"
+    # A file in the checkout (not in /tmp, which the sandbox replaces by a private one): read-only there.
+    checkout_canary = ROOT / "_build" / f"grading-canary-{os.getpid()}.txt"
+    checkout_canary.parent.mkdir(exist_ok=True)
+    checkout_canary.write_text("still here")
+    answers = {
+        "deleter": (
+            f"import os\nos.remove({str(canary)!r})\n"
+            "def conv_output_size(size, kernel, stride, padding):\n    return (size + 2 * padding - kernel) // stride + 1"
+        ),
+        "checkout_deleter": f"import os\nos.remove({str(checkout_canary)!r})\n" + TOY_RIGHT["ex-1-2"],
+        "writer": f"open({str(course_file)!r}, 'w').write('graded')\n" + TOY_RIGHT["ex-1-2"],
+        "network": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5).sendall(b'leak')\n"
+        + TOY_RIGHT["ex-1-2"],
+        "fork_bomb": "import os\nwhile True:\n    os.fork()",
+        "memory": "hog = bytearray(50 * 2**30)\n" + TOY_RIGHT["ex-1-2"],
+    }
+    submissions = root / "submissions"
+    for student, answer in answers.items():
+        write(answered(toy_copies, "01_toy", {**TOY_RIGHT, "ex-1-2": answer}), submissions / student / "01_toy.ipynb")
+    try:
+        code, rows = run_grader(submissions, root / "grades", "--cell-timeout", "60", "--answer-timeout", "20")
+        checkout_intact = checkout_canary.read_text() == "still here"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+        checkout_canary.unlink(missing_ok=True)
+    return {"code": code, "rows": rows, "canary": canary, "received": received, "course_file": course_file,
+            "checkout_intact": checkout_intact, "students": list(answers), "out": root / "grades"}  # fmt: skip
+
+
+def test_an_attacking_answer_fails_only_its_own_exercise_and_harms_nothing(attack_class):
+    assert attack_class["code"] == 0
+    for student in attack_class["students"]:
+        assert results_of(attack_class, student) == {"1.1": "pass", "1.2": "fail", "1.3": "pass"}, (
+            student, message_of(attack_class, student),
+        )  # fmt: skip
+    assert attack_class["canary"].read_text() == "still here", "an answer deleted a file outside its folder"
+    assert attack_class["checkout_intact"], "an answer deleted a file of the checkout"
+    assert not attack_class["course_file"].exists(), "an answer wrote into the course"
+    assert attack_class["received"] == [], "an answer reached a server on the grading machine"
+    assert message_of(attack_class, "memory").startswith("answer cell: MemoryError"), message_of(attack_class, "memory")
+    # /tmp is the sandbox's own: the file there is not even visible; the checkout is read-only.
+    assert message_of(attack_class, "deleter").startswith("answer cell: FileNotFoundError"), message_of(attack_class, "deleter")
+    for student in ("checkout_deleter", "writer"):
+        assert "Read-only file system" in message_of(attack_class, student), message_of(attack_class, student)
+    # The sandbox has a loopback of its own: the grading machine's server is not on it.
+    assert message_of(attack_class, "network").startswith("answer cell: ConnectionRefusedError"), message_of(attack_class, "network")
+    assert message_of(attack_class, "fork_bomb").startswith("answer cell: BlockingIOError"), message_of(attack_class, "fork_bomb")
+    report = (attack_class["out"] / "grades.md").read_text(encoding="utf-8")
+    assert "sandboxed by bubblewrap: no network" in report, "the report says what protected the machine"
