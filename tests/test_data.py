@@ -238,7 +238,8 @@ def test_two_processes_starting_at_once_decode_once(archive, tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     children = [
         subprocess.Popen([sys.executable, "-c", _DECODING_CHILD, str(data_dir), str(log), str(me), str(twin)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         cwd=Path(data.__file__).resolve().parents[1])  # this checkout's utils, whatever the cwd
         for me, twin in (ready, ready[::-1])
     ]  # fmt: skip
     outputs = [child.communicate(timeout=300) for child in children]

@@ -1100,6 +1100,9 @@ def test_an_attacking_answer_fails_only_its_own_exercise_and_harms_nothing(attac
         assert "Read-only file system" in message_of(attack_class, student), message_of(attack_class, student)
     # The sandbox has a loopback of its own: the grading machine's server is not on it.
     assert message_of(attack_class, "network").startswith("answer cell: ConnectionRefusedError"), message_of(attack_class, "network")
-    assert message_of(attack_class, "fork_bomb").startswith("answer cell: BlockingIOError"), message_of(attack_class, "fork_bomb")
+    # The process limit stops the bomb (BlockingIOError); on a loaded machine the cell may reach its
+    # time limit first, and the grader stops it. Either way only that exercise fails (checked above).
+    bomb = message_of(attack_class, "fork_bomb")
+    assert bomb.startswith("answer cell: BlockingIOError") or "the grader stopped the run" in bomb, bomb
     report = (attack_class["out"] / "grades.md").read_text(encoding="utf-8")
     assert "sandboxed by bubblewrap: no network" in report, "the report says what protected the machine"
