@@ -41,3 +41,16 @@ def test_long_comments_and_docstrings_are_wrapped():
 def test_a_method_listing_is_dedented():
     listing = plot.reflowed_source("    def f(self):\n        return 1\n")
     assert listing == "def f(self):\n    return 1"
+
+
+def test_signatures_show_how_to_call_not_how_it_works():
+    from utils import models, probes
+
+    listing = plot.signature_source(probes.recording_calls)
+    assert "def recording_calls(model: nn.Module" in listing
+    words = lambda text: " ".join(text.replace('"""', " ").split())  # noqa: E731
+    assert words(inspect.getdoc(probes.recording_calls)) in words(listing), "the whole docstring, rewrapped"
+    assert listing.rstrip().endswith("..."), "the body is left out"
+    block = plot.signature_source(models.BasicBlock)
+    assert "def __init__(" in block and "def forward(" in block and "self.conv1 =" not in block
+    assert max(len(line) for line in plot.reflowed_source(block).splitlines()) <= plot.SOURCE_WIDTH

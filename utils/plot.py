@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["show_source", "plot_history", "compare_histories", "plot_grad_norms", "show_predictions", "plot_confusion"]
+__all__ = ["show_source", "show_signature", "plot_history", "compare_histories", "plot_grad_norms", "show_predictions", "plot_confusion"]
 
 
 SOURCE_WIDTH = 88  # the book's code column (book/_static/course.css)
@@ -32,6 +32,76 @@ def show_source(obj) -> None:
     from IPython.display import Markdown, display
 
     display(Markdown(f"```python\n{reflowed_source(inspect.getsource(obj))}\n```"))
+
+
+def show_signature(obj) -> None:
+    """Display how to call a ``utils`` function or class, not how it works: its signature and docstring.
+
+    For a helper that is not the chapter's lesson: a class shows its docstring, its fields and the
+    signatures and docstrings of ``__init__`` and its public methods; every body becomes ``...``.
+    """
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"```python\n{reflowed_source(signature_source(obj))}\n```"))
+
+
+def signature_source(obj, width: int = SOURCE_WIDTH) -> str:
+    """The source of ``obj`` (a function or class) with every function body replaced by ``...``;
+    the docstrings' paragraphs are rewrapped to ``width`` columns (lists and indented lines as written)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+
+    def docstring(body):
+        first = body[0] if body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            first.value.value = _rewrapped_docstring(first.value.value, first.col_offset, width)
+            return [first]
+        return []
+
+    def stub(node):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.body = docstring(node.body) + [ast.Expr(ast.Constant(...))]
+        elif isinstance(node, ast.ClassDef):
+            kept = [
+                stub(child)
+                for child in node.body[len(docstring(node.body)) :]
+                if isinstance(child, ast.AnnAssign)
+                or (
+                    isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and (child.name == "__init__" or not child.name.startswith("_"))
+                )
+            ]
+            node.body = docstring(node.body) + (kept or [ast.Expr(ast.Constant(...))])
+        return node
+
+    tree.body = [stub(node) for node in tree.body]
+    return ast.unparse(tree)
+
+
+def _rewrapped_docstring(text: str, indent: int, width: int) -> str:
+    import inspect
+    import textwrap
+
+    lines, paragraph = [], []
+
+    def flush():
+        if paragraph:
+            lines.extend(textwrap.wrap(" ".join(paragraph), width - indent - 3 if not lines else width - indent))
+            paragraph.clear()
+
+    for line in inspect.cleandoc(text).splitlines():
+        if not line.strip() or line.startswith((" ", "-", "*", ">>>")) or line.endswith("::"):
+            flush()
+            lines.append(line)
+        else:
+            paragraph.append(line)
+    flush()
+    pad = " " * indent
+    body = "\n".join(lines[:1] + [pad + line if line else "" for line in lines[1:]])
+    return body + ("\n" + pad if len(lines) > 1 else "")
 
 
 def reflowed_source(source: str, width: int = SOURCE_WIDTH) -> str:
